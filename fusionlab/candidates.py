@@ -1,0 +1,540 @@
+"""Stage 2, candidates: which nodes of a captured graph one kernel could compute.
+
+A candidate is a group of pointwise and reduction nodes of one graph that share one
+iteration domain: every value in the group broadcasts (right-aligned, as torch does) to
+the domain shape ``D``; a group with reductions reduces the same dims ``R`` of ``D`` in
+all of them (softmax's amax and sum, layer_norm's var_mean). Such a group is one Triton
+kernel: pointwise over ``D``, or rows of ``D`` with ``R`` brought last by index math.
+
+Groups grow greedily along producer -> consumer edges in topological order, and merge
+siblings that reduce the same rows of a shared input. A merge that would let a path
+leave the group and re-enter it is refused (that group could not be one kernel). Every
+node left out of all candidates gets a one-line reason.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+
+from . import ops
+from .capture import Capture, CapturedGraph
+
+# original_aten op -> the name a student recognises
+FRIENDLY = {
+    "_softmax": "softmax",
+    "_log_softmax": "log_softmax",
+    "native_layer_norm": "layer_norm",
+    "gelu": "gelu",
+    "silu": "silu",
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "_softmax_backward_data": "softmax_backward",
+    "_log_softmax_backward_data": "log_softmax_backward",
+    "native_layer_norm_backward": "layer_norm_backward",
+    "gelu_backward": "gelu_backward",
+    "silu_backward": "silu_backward",
+    "threshold_backward": "relu_backward",
+    "sigmoid_backward": "sigmoid_backward",
+    "tanh_backward": "tanh_backward",
+    "nll_loss_forward": "nll_loss",
+    "nll_loss_backward": "nll_loss_backward",
+    "_native_batch_norm_legit_functional": "batch_norm",
+    "native_batch_norm": "batch_norm",
+    "_native_batch_norm_legit_no_training": "batch_norm",
+    "native_batch_norm_backward": "batch_norm_backward",
+    "rms_norm": "rms_norm",
+    "_fused_rms_norm": "rms_norm",
+    "mse_loss": "mse_loss",
+    "cross_entropy_loss": "cross_entropy",
+    "native_dropout_backward": "dropout_backward",
+    "masked_fill": "masked_fill",
+    "where": "where",
+}
+
+
+@dataclass
+class Candidate:
+    """A group of nodes one kernel can compute."""
+
+    id: str  # "fw0.layer_norm.1": graph tag, pattern, ordinal
+    graph: str  # graph tag, "fw0" / "bw0" / "inf0"
+    pattern: str
+    nodes: tuple[str, ...]  # members, topological order
+    inputs: tuple[str, ...]  # tensors read from outside the group
+    outputs: tuple[str, ...]  # members read after the group (or graph outputs)
+    domain: tuple[int, ...]  # iteration shape D
+    reduce_dims: tuple[int, ...]  # R (empty for pointwise groups)
+    kernels_unfused: int  # kernels the members launch when run one by one
+    bytes_unfused: int  # modeled: each member reads its inputs and writes its result
+    bytes_fused: int  # modeled: read each group input once, write each output once
+    modules: tuple[str, ...] = ()
+    ops: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "reduction" if self.reduce_dims else "pointwise"
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.bytes_unfused - self.bytes_fused
+
+    def matches(self, key: str) -> bool:
+        """Selected by `key`: its id, its pattern, or one component of its pattern."""
+        return key == self.id or key == self.pattern or key in self.pattern.split("+")
+
+    def __repr__(self) -> str:
+        mods = f" [{', '.join(self.modules[:2])}{', ...' if len(self.modules) > 2 else ''}]" if self.modules else ""
+        return (
+            f"<Candidate {self.id}: {len(self.nodes)} nodes, {self.kernels_unfused} kernels -> 1, "
+            f"saves {_fmt_bytes(self.bytes_saved)} (modeled){mods}>"
+        )
+
+
+@dataclass
+class Candidates(list):
+    """The candidates of a capture (a list) plus why every other node was left out."""
+
+    capture: Capture | None = None
+    left_out: dict[tuple[str, str], str] = field(default_factory=dict)  # (graph, node) -> reason
+
+    def __init__(self, items=(), capture=None, left_out=None):
+        super().__init__(items)
+        self.capture = capture
+        self.left_out = left_out or {}
+
+    def by_id(self, cid: str) -> Candidate:
+        for c in self:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+    def reason(self, graph: str, node: str) -> str | None:
+        return self.left_out.get((graph, node))
+
+    def table(self) -> str:
+        lines = [f"{'id':34} {'nodes':>5} {'kernels':>7} {'saves (modeled)':>15}  modules"]
+        for c in self:
+            lines.append(
+                f"{c.id:34} {len(c.nodes):5d} {c.kernels_unfused:4d}->1 {_fmt_bytes(c.bytes_saved):>15}  "
+                + ", ".join(c.modules[:3])
+            )
+        return "\n".join(lines)
+
+    def why_not(self, limit: int = 20, views: bool = False) -> str:
+        """Reasons for nodes left out of every candidate (views only when `views=True`)."""
+        lines = []
+        for (g, n), r in self.left_out.items():
+            if views or not r.startswith("view "):
+                lines.append(f"{g}.{n}: {r}")
+        extra = len(lines) - limit
+        return "\n".join(lines[:limit] + ([f"... {extra} more"] if extra > 0 else []))
+
+    def __repr__(self) -> str:
+        return f"{len(self)} fusion candidates\n" + self.table()
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{html.escape(c.id)}</code></td><td>{len(c.nodes)}</td>"
+            f"<td>{c.kernels_unfused}&rarr;1</td><td>{_fmt_bytes(c.bytes_saved)}</td>"
+            f"<td>{html.escape(', '.join(c.modules[:3]))}</td></tr>"
+            for c in self
+        )
+        return (
+            f"<b>{len(self)} fusion candidates</b> (bytes are modeled)<table><tr><th>id</th>"
+            "<th>nodes</th><th>kernels</th><th>saves</th><th>modules</th></tr>" + rows + "</table>"
+        )
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+# --------------------------------------------------------------------------- domains
+
+
+def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
+    val = node.meta.get("val")
+    if isinstance(val, (list, tuple)):
+        val = val[0]
+    if isinstance(val, torch.Tensor):
+        return tuple(int(s) for s in val.shape)
+    return None
+
+
+def aligns(shape: tuple[int, ...], domain: tuple[int, ...]) -> bool:
+    """Does `shape` broadcast to `domain` the way torch broadcasts (right-aligned)?"""
+    if len(shape) > len(domain):
+        return all(s == 1 for s in shape[: len(shape) - len(domain)]) and aligns(
+            shape[len(shape) - len(domain):], domain
+        )
+    off = len(domain) - len(shape)
+    return all(s == 1 or s == domain[off + i] for i, s in enumerate(shape))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+@dataclass
+class _Group:
+    members: list  # fx nodes
+    domain: tuple[int, ...]
+    rdims: tuple[int, ...] | None  # None: pointwise group
+    lo: int  # min topo index
+    hi: int  # max topo index
+
+
+def _node_domain(node: torch.fx.Node, kind: str):
+    """(domain, reduce dims) of one fusable node, or None."""
+    if kind == "reduction":
+        spec = ops.reduction_spec(node)
+        shape = _shape(spec.input)
+        if shape is None:
+            return None
+        return shape, spec.dims
+    shape = _shape(node)
+    if shape is None:
+        return None
+    return shape, None
+
+
+class _Finder:
+    def __init__(self, graph: CapturedGraph):
+        self.graph = graph
+        self.nodes = list(graph.gm.graph.nodes)
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.kind = {n: graph.nodes[n.name].kind for n in self.nodes}
+        self.reason: dict[torch.fx.Node, str] = {}
+        self.group: dict[torch.fx.Node, _Group] = {}
+        for n in self.nodes:
+            k = self.kind[n]
+            if k == "getitem":
+                src = n.args[0]
+                if self.kind.get(src) == "reduction":
+                    continue  # joins its reduction below
+                self.reason[n] = f"picks a result of {ops.op_name(src)}, which is not fused"
+                continue
+            why = ops.why_not_fusable(n, k)
+            if k not in ops.FUSABLE_KINDS and why is None:
+                why = f"{k} node"
+            if why is not None:
+                self.reason[n] = why
+                continue
+            dom = _node_domain(n, k)
+            if dom is None:
+                self.reason[n] = "shape unknown"
+                continue
+            g = _Group([n], dom[0], dom[1], self.index[n], self.index[n])
+            self.group[n] = g
+        # a multi-output reduction (var_mean) and its getitems are one unit
+        for n in self.nodes:
+            if self.kind[n] == "getitem" and n.args[0] in self.group:
+                g = self.group[n.args[0]]
+                g.members.append(n)
+                g.hi = max(g.hi, self.index[n])
+                self.group[n] = g
+            elif self.kind[n] == "getitem" and n not in self.reason:
+                self.reason[n] = f"picks a result of {ops.op_name(n.args[0])}, which is not fused"
+
+    # ------------------------------------------------------------------ merging
+
+    def _merged_domain(self, a: _Group, b: _Group):
+        """(domain, rdims) of a ∪ b, or a reason string."""
+        if a.rdims is not None and b.rdims is not None:
+            if a.domain != b.domain or a.rdims != b.rdims:
+                return "reductions over different rows (domains or reduced dims differ)"
+            dom, rd = a.domain, a.rdims
+        elif a.rdims is not None or b.rdims is not None:
+            red, pw = (a, b) if a.rdims is not None else (b, a)
+            dom, rd = red.domain, red.rdims
+            if not aligns(pw.domain, dom):
+                return f"shape {list(pw.domain)} does not broadcast to the reduction's {list(dom)}"
+        else:
+            if aligns(a.domain, b.domain) and _numel(b.domain) >= _numel(a.domain):
+                dom, rd = b.domain, None
+            elif aligns(b.domain, a.domain):
+                dom, rd = a.domain, None
+            else:
+                return f"shapes {list(a.domain)} and {list(b.domain)} do not share one iteration space"
+        members = a.members + b.members
+        mset = set(members)
+        for m in members:
+            shape = _shape(m)
+            if shape is None:
+                return "shape unknown"
+            if aligns(shape, dom):
+                if self.kind[m] == "reduction" and not ops.reduction_spec(m).keepdim:
+                    # right-aligned but not the same dims: only safe when nobody in the group reads it
+                    spec = ops.reduction_spec(m)
+                    kept = [d for d in range(len(dom)) if d not in spec.dims]
+                    off = len(dom) - len(shape)
+                    if [off + i for i in range(len(shape)) if shape[i] != 1] != [
+                        d for d in kept if dom[d] != 1
+                    ] and any(u in mset for u in m.users):
+                        return f"{m.name} drops reduced dims, so its result does not line up with the rows"
+                continue
+            if self.kind[m] in ("reduction", "getitem") and not any(u in mset for u in m.users):
+                continue  # a final reduction result is stored by its own index map
+            return f"{m.name} has shape {list(shape)}, which does not broadcast to {list(dom)}"
+        return dom, rd
+
+    def _creates_cycle(self, a: _Group, b: _Group) -> bool:
+        """Is there a path a -> outside -> b or b -> outside -> a?"""
+        return self._path_through_outside(a, b) or self._path_through_outside(b, a)
+
+    def _path_through_outside(self, src: _Group, dst: _Group) -> bool:
+        if dst.hi < src.lo:
+            return False
+        inside = set(src.members) | set(dst.members)
+        targets = set(dst.members)
+        limit = dst.hi
+        stack = [u for m in src.members for u in m.users if u not in inside]
+        seen = set()
+        while stack:
+            n = stack.pop()
+            if n in seen or self.index[n] > limit:
+                continue
+            seen.add(n)
+            for u in n.users:
+                if u in targets:
+                    return True
+                if u not in inside and u not in seen:
+                    stack.append(u)
+        return False
+
+    def try_merge(self, a: _Group, b: _Group) -> str | None:
+        if a is b:
+            return None
+        dom = self._merged_domain(a, b)
+        if isinstance(dom, str):
+            return dom
+        if self._creates_cycle(a, b):
+            return "fusing would create a cycle (a path leaves the group and comes back)"
+        a.members.extend(b.members)
+        a.domain, a.rdims = dom
+        a.lo, a.hi = min(a.lo, b.lo), max(a.hi, b.hi)
+        for m in b.members:
+            self.group[m] = a
+        return None
+
+    def run(self) -> list[_Group]:
+        failed: dict[torch.fx.Node, str] = {}
+        # vertical: each node joins the groups of its producers
+        for n in self.nodes:
+            g = self.group.get(n)
+            if g is None:
+                continue
+            for p in n.all_input_nodes:
+                pg = self.group.get(p)
+                if pg is None or pg is self.group[n]:
+                    continue
+                why = self.try_merge(pg, self.group[n])
+                if why:
+                    failed.setdefault(n, why)
+        # horizontal: groups reducing the same rows of a shared input
+        for n in self.nodes:
+            users = [self.group[u] for u in n.users if u in self.group]
+            reds = []
+            for g in users:
+                if g.rdims is not None and all(g is not r for r in reds):
+                    reds.append(g)
+            for g in reds[1:]:
+                if self.group.get(g.members[0]) is g and reds[0] is not g:
+                    self.try_merge(self.group[reds[0].members[0]], g)
+        groups = []
+        seen = set()
+        for n in self.nodes:
+            g = self.group.get(n)
+            if g is not None and id(g) not in seen:
+                seen.add(id(g))
+                g.members.sort(key=self.index.__getitem__)
+                groups.append(g)
+        self.failed = failed
+        return groups
+
+
+# --------------------------------------------------------------------------- naming & costs
+
+
+def _component(node: torch.fx.Node) -> tuple[str, bool]:
+    """(name, is_named) for pattern naming: the high-level op a node came from."""
+    orig = node.meta.get("original_aten")
+    base = orig.__name__.split(".")[0] if orig is not None and hasattr(orig, "__name__") else ""
+    if not base and orig is not None:
+        base = str(orig).split(".")[1] if "." in str(orig) else str(orig)
+    own = ops.op_name(node).split(".")[1] if "." in ops.op_name(node) else ops.op_name(node)
+    if base in FRIENDLY and base != own:
+        return FRIENDLY[base], True
+    if own in ("relu", "sigmoid", "tanh", "threshold_backward", "where", "masked_fill"):
+        return FRIENDLY.get(own, own), own not in ("where",)
+    if own == "add" and any(
+        isinstance(a, torch.fx.Node) and (_shape(a) or ()) and len(_shape(a)) == 1 and _shape(node) and len(_shape(node)) > 1
+        for a in node.args
+    ):
+        return "bias", False
+    return own, False
+
+
+def _is_rms_norm(members: list[torch.fx.Node]) -> bool:
+    names = [ops.op_name(m) for m in members]
+    if "aten.rsqrt.default" not in names:
+        return False
+    for m in members:
+        if m.target in (ops.aten.mean.dim,) and isinstance(m.args[0], torch.fx.Node):
+            src = m.args[0]
+            if src.target is ops.aten.pow.Tensor_Scalar and src.args[1] == 2:
+                return True
+            if src.target is ops.aten.mul.Tensor and len(set(src.args)) == 1:
+                return True
+    return False
+
+
+def pattern_name(members: list[torch.fx.Node], backward: bool) -> str:
+    comps: list[str] = []
+    named = False
+    for m in members:
+        if m.op != "call_function" or m.target.__class__.__name__ == "builtin_function_or_method":
+            continue
+        name, is_named = _component(m)
+        named |= is_named
+        if name not in comps:
+            comps.append(name)
+    if _is_rms_norm(members):
+        at = comps.index("pow") if "pow" in comps else comps.index("mean") if "mean" in comps else 0
+        comps.insert(at, "rms_norm")
+        named = True
+    if named:
+        keep = []
+        first_named = next(
+            (i for i, c in enumerate(comps) if c in FRIENDLY.values() or c.endswith("_backward") or c == "rms_norm"),
+            0,
+        )
+        for i, c in enumerate(comps):
+            if c in FRIENDLY.values() or c == "rms_norm" or (i < first_named and c in ("add", "bias")):
+                keep.append(c)
+        return "+".join(keep[:4])
+    kind = "reduction" if any(ops.kind_of(m) == "reduction" for m in members) else "pointwise"
+    return kind
+
+
+def _tensor_bytes(node) -> int:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    vals = val if isinstance(val, (list, tuple)) else [val]
+    total = 0
+    for v in vals:
+        if isinstance(v, torch.Tensor):
+            try:
+                total += v.numel() * v.dtype.itemsize
+            except TypeError:
+                pass
+    return total
+
+
+def node_traffic(node: torch.fx.Node) -> int:
+    """Modeled bytes one node moves when it runs as its own kernel: reads + writes."""
+    if ops.kind_of(node) == "getitem":
+        return 0
+    reads = sum(_tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
+    return reads + _tensor_bytes(node)
+
+
+def _costs(members, inputs, outputs) -> tuple[int, int, int]:
+    kernels = sum(1 for m in members if ops.launches_kernel(ops.kind_of(m)))
+    unfused = sum(node_traffic(m) for m in members)
+    fused = sum(_tensor_bytes(i) for i in inputs) + sum(_tensor_bytes(o) for o in outputs)
+    return kernels, unfused, fused
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[Candidate], dict]:
+    """Candidates of one captured graph and reasons for the nodes left out."""
+    finder = _Finder(graph)
+    groups = finder.run()
+    counts: dict[str, int] = {}
+    result = []
+    left_out: dict[tuple[str, str], str] = {}
+    in_group: set = set()
+    for g in groups:
+        members = g.members
+        mset = set(members)
+        kernels = sum(1 for m in members if ops.launches_kernel(finder.kind[m]))
+        if kernels < min_kernels:
+            for m in members:
+                if ops.launches_kernel(finder.kind[m]):
+                    why = finder.failed.get(m)
+                    left_out[(graph.tag, m.name)] = (
+                        f"not fusable with its neighbours: {why}" if why else "no fusable neighbour"
+                    )
+            continue
+        in_group |= mset
+        inputs = []
+        for m in members:
+            for a in m.all_input_nodes:
+                if a not in mset and a not in inputs:
+                    inputs.append(a)
+        outputs = [m for m in members if any(u not in mset for u in m.users)]
+        # a multi-output reduction is stored through its getitems
+        outputs = [o for o in outputs if finder.kind[o] != "reduction" or not _is_multi(o)]
+        pattern = pattern_name(members, graph.kind == "backward")
+        k = counts.get(pattern, 0)
+        counts[pattern] = k + 1
+        kernels_unfused, bu, bf = _costs(members, inputs, outputs)
+        mods = []
+        for m in members:
+            mod = graph.nodes[m.name].module
+            if mod and mod not in mods:
+                mods.append(mod)
+        result.append(
+            Candidate(
+                id=f"{graph.tag}.{pattern}.{k}",
+                graph=graph.tag,
+                pattern=pattern,
+                nodes=tuple(m.name for m in members),
+                inputs=tuple(a.name for a in inputs),
+                outputs=tuple(o.name for o in outputs),
+                domain=tuple(g.domain),
+                reduce_dims=tuple(g.rdims or ()),
+                kernels_unfused=kernels_unfused,
+                bytes_unfused=bu,
+                bytes_fused=bf,
+                modules=tuple(mods),
+                ops=tuple(dict.fromkeys(ops.op_name(m) for m in members)),
+            )
+        )
+    for n, why in finder.reason.items():
+        if n not in in_group and n.op == "call_function":
+            left_out[(graph.tag, n.name)] = why
+    return result, left_out
+
+
+def _is_multi(node: torch.fx.Node) -> bool:
+    return isinstance(node.meta.get("val"), (list, tuple))
+
+
+def find_candidates(capture: Capture) -> Candidates:
+    """Fusion candidates in every graph of `capture`, forward and backward."""
+    if not isinstance(capture, Capture):
+        raise TypeError(
+            f"find_candidates takes the Capture returned by fusionlab.capture(...), got {type(capture).__name__}"
+        )
+    found = []
+    left_out: dict = {}
+    for g in capture.graphs:
+        cands, why = graph_candidates(g)
+        found += cands
+        left_out.update(why)
+    return Candidates(found, capture=capture, left_out=left_out)

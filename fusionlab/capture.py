@@ -1,0 +1,496 @@
+"""Stage 1, capture: a model and example inputs -> the ATen FX graphs of one training step.
+
+TorchDynamo traces the Python, AOTAutograd splits forward from backward, and Inductor's
+core decompositions lower softmax, layer_norm, gelu, ... to the primitive ops they cost.
+Each node gets its facts (shape, dtype, strides, bytes, module path, source line).
+
+Capturing never changes the model: parameters, buffers, gradients, train/eval mode and
+the RNG state are the same afterwards as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx
+
+from . import ops
+from ._env import debug
+
+
+class CaptureError(RuntimeError):
+    """The model or its inputs cannot be captured; the message says why."""
+
+
+# --------------------------------------------------------------------------- node facts
+
+
+@dataclass
+class NodeInfo:
+    """What fusionlab knows about one FX node."""
+
+    name: str
+    op: str  # "aten.add.Tensor", "placeholder", "output", "getitem"
+    kind: str  # ops kind: pointwise/reduction/view/matmul/opaque/placeholder/output
+    shape: tuple[int, ...] | None
+    dtype: torch.dtype | None
+    stride: tuple[int, ...] | None
+    nbytes: int
+    module: str  # "h.0.mlp.act" ("" when unknown)
+    source: str  # "model.py:42  x = self.act(x)" ("" when unknown)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.shape)) if self.shape is not None else "-"
+        dt = str(self.dtype).replace("torch.", "") if self.dtype is not None else ""
+        where = f"  [{self.module}]" if self.module else ""
+        return f"{self.name} = {self.op} {dt}[{shape}] ({self.kind}){where}"
+
+
+@dataclass
+class GraphBreak:
+    reason: str
+    where: str  # "file.py:12 in forward" (best effort)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}" if self.where else self.reason
+
+
+@dataclass
+class CapturedGraph:
+    """One ATen graph: the forward or backward of one dynamo graph (or an inference graph)."""
+
+    index: int  # dynamo graph number (graph breaks make several)
+    kind: str  # "forward" | "backward" | "inference"
+    gm: torch.fx.GraphModule
+    nodes: dict[str, NodeInfo]
+
+    @property
+    def tag(self) -> str:
+        """Short stable label: fw0, bw0, inf0 ..."""
+        return {"forward": "fw", "backward": "bw", "inference": "inf"}[self.kind] + str(self.index)
+
+    @property
+    def signature(self) -> tuple:
+        """Structure of the graph independent of shapes: used to recognise it again."""
+        return tuple((n.op, str(n.target)) for n in self.gm.graph.nodes)
+
+    def kernel_nodes(self) -> list[NodeInfo]:
+        """Nodes that launch a kernel when run eagerly (no views, placeholders or output)."""
+        return [i for i in self.nodes.values() if ops.launches_kernel(i.kind)]
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for info in self.nodes.values():
+            counts[info.kind] = counts.get(info.kind, 0) + 1
+        body = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        return f"CapturedGraph({self.tag}, {len(self.nodes)} nodes: {body})"
+
+
+@dataclass
+class Capture:
+    """Forward and backward ATen graphs of one training step, with node facts."""
+
+    model_name: str
+    graphs: list[CapturedGraph]
+    breaks: list[GraphBreak]
+    train: bool
+    seconds: float
+    input_shapes: list[tuple]
+    meta: dict = field(default_factory=dict)
+
+    def graph(self, tag: str) -> CapturedGraph:
+        for g in self.graphs:
+            if g.tag == tag:
+                return g
+        raise KeyError(f"no graph {tag!r}; graphs are {[g.tag for g in self.graphs]}")
+
+    @property
+    def forward_graphs(self) -> list[CapturedGraph]:
+        return [g for g in self.graphs if g.kind in ("forward", "inference")]
+
+    @property
+    def backward_graphs(self) -> list[CapturedGraph]:
+        return [g for g in self.graphs if g.kind == "backward"]
+
+    def num_nodes(self) -> int:
+        return sum(len(g.nodes) for g in self.graphs)
+
+    def summary(self) -> str:
+        lines = [
+            f"Capture of {self.model_name}: {len(self.graphs)} graph(s), {self.num_nodes()} nodes, "
+            f"{'training step' if self.train else 'inference'}, {self.seconds:.1f}s"
+        ]
+        for g in self.graphs:
+            lines.append(f"  {g!r}")
+        if self.breaks:
+            lines.append(f"  {len(self.breaks)} graph break(s):")
+            lines += [f"    - {b}" for b in self.breaks]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td>{g.tag}</td><td>{g.kind}</td><td>{len(g.nodes)}</td>"
+            f"<td>{len(g.kernel_nodes())}</td></tr>"
+            for g in self.graphs
+        )
+        breaks = "".join(f"<li>{html.escape(str(b))}</li>" for b in self.breaks)
+        return (
+            f"<b>Capture of {html.escape(self.model_name)}</b> ({self.seconds:.1f}s)"
+            "<table><tr><th>graph</th><th>kind</th><th>nodes</th><th>kernels (eager)</th></tr>"
+            f"{rows}</table>" + (f"<p>Graph breaks:</p><ul>{breaks}</ul>" if breaks else "")
+        )
+
+
+# --------------------------------------------------------------------------- facts
+
+
+_MODULE_KEY = re.compile(r"^L\['[^']*'\]\.?|^L\[\"[^\"]*\"\]\.?")
+
+
+def normalize_module_path(path: str) -> str:
+    """Dynamo's "L['self'].h[0].mlp.act" -> "h.0.mlp.act"."""
+    path = _MODULE_KEY.sub("", path)
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"_modules\['([^']*)'\]", r"\1", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)
+    path = path.strip(".")
+    if path == "self":
+        return ""
+    if path.startswith("self."):
+        path = path[5:]
+    return path
+
+
+def _module_of(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
+    if not stack:
+        return ""
+    path, _cls = list(stack.values())[-1]
+    path = normalize_module_path(str(path))
+    # the capture wraps the user's model in `_TrainStep.model`
+    if path == "model":
+        return ""
+    if path.startswith("model."):
+        path = path[6:]
+    return path
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def _source_of(node: torch.fx.Node) -> str:
+    trace = node.meta.get("stack_trace")
+    if not trace:
+        return ""
+    frames = _FRAME.findall(trace)
+    frames = [f for f in frames if "fusionlab/capture.py" not in f[0]]
+    if not frames:
+        return ""
+    file, line, _fn, code = frames[-1]
+    return f"{file.rsplit('/', 1)[-1]}:{line}  {code.strip()}"
+
+
+def _tensor_meta(val: Any):
+    if isinstance(val, torch.Tensor):
+        try:
+            shape = tuple(int(s) for s in val.shape)
+            stride = tuple(int(s) for s in val.stride())
+        except (TypeError, RuntimeError):  # symbolic sizes
+            return None, val.dtype, None, 0
+        nbytes = val.dtype.itemsize * _numel(shape)
+        return shape, val.dtype, stride, nbytes
+    return None, None, None, 0
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def node_facts(gm: torch.fx.GraphModule) -> dict[str, NodeInfo]:
+    """NodeInfo for every node of an ATen graph, keyed by node name."""
+    by_seq: dict[int, torch.fx.Node] = {}
+    for n in gm.graph.nodes:
+        if "seq_nr" in n.meta and (n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack")):
+            by_seq.setdefault(n.meta["seq_nr"], n)
+    facts = {}
+    for n in gm.graph.nodes:
+        shape, dtype, stride, nbytes = _tensor_meta(n.meta.get("val"))
+        module = _module_of(n)
+        if not module and "seq_nr" in n.meta and n.meta["seq_nr"] in by_seq:
+            module = _module_of(by_seq[n.meta["seq_nr"]])
+        facts[n.name] = NodeInfo(
+            name=n.name,
+            op=ops.op_name(n),
+            kind=ops.kind_of(n),
+            shape=shape,
+            dtype=dtype,
+            stride=stride,
+            nbytes=nbytes,
+            module=module,
+            source=_source_of(n),
+        )
+    return facts
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class _TrainStep(torch.nn.Module):
+    """model(*inputs) followed by the loss, traced as one program."""
+
+    def __init__(self, model: Callable, loss_fn: Callable | None, train: bool):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train_step = train
+
+    def forward(self, *inputs):
+        out = self.model(*inputs)
+        if not self.train_step:
+            return out
+        if self.loss_fn is not None:
+            return self.loss_fn(out)
+        return default_loss(out)
+
+
+def default_loss(out: Any) -> torch.Tensor:
+    """The loss used when none is given: the output itself if it is a scalar, else its sum.
+
+    A transformers-style output with a ``loss`` uses that; else ``logits``; a tuple or list
+    uses its first floating tensor.
+    """
+    loss = getattr(out, "loss", None)
+    if isinstance(loss, torch.Tensor):
+        return loss
+    if isinstance(out, dict) and isinstance(out.get("loss"), torch.Tensor):
+        return out["loss"]
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        out = logits
+    if isinstance(out, (tuple, list)):
+        floats = [t for t in out if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        if not floats:
+            raise CaptureError("the model returned no floating tensor to build a loss from; pass loss_fn=")
+        out = floats[0]
+    if isinstance(out, torch.Tensor) and out.is_floating_point():
+        return out if out.dim() == 0 else out.sum()
+    raise CaptureError(
+        f"cannot build a loss from a model output of type {type(out).__name__}; "
+        "pass loss_fn=lambda out: <scalar tensor>"
+    )
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, torch.nn.Module):
+        return type(model).__name__
+    return getattr(model, "__name__", type(model).__name__)
+
+
+def _check_inputs(model: Any, inputs: tuple) -> None:
+    if not (isinstance(model, torch.nn.Module) or callable(model)):
+        raise CaptureError(
+            f"fusionlab.capture needs a torch.nn.Module or a callable, got {type(model).__name__}"
+        )
+    if not inputs:
+        raise CaptureError("fusionlab.capture needs example inputs: capture(model, x, ...)")
+    devices = set()
+    for i, x in enumerate(inputs):
+        if isinstance(x, torch.Tensor):
+            devices.add(x.device.type)
+            if x.is_complex() or x.dtype == torch.float64:
+                pass  # accepted; such nodes are left opaque by the op table
+        elif isinstance(x, (int, float, bool)) or x is None:
+            continue
+        elif isinstance(x, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in x):
+            devices.update(t.device.type for t in x)
+        else:
+            raise CaptureError(
+                f"example input {i} is a {type(x).__name__}; fusionlab.capture takes tensors "
+                "(or Python numbers, or lists of tensors) as example inputs"
+            )
+    if isinstance(model, torch.nn.Module):
+        params = list(model.parameters()) + list(model.buffers())
+        pdev = {p.device.type for p in params}
+        if len(pdev) > 1:
+            raise CaptureError(f"the model's parameters are on several devices: {sorted(pdev)}")
+        if pdev and devices and pdev != devices:
+            raise CaptureError(
+                f"inputs are on {sorted(devices)} but the model's parameters are on {sorted(pdev)}; "
+                "move them to the same device"
+            )
+    if len(devices) > 1:
+        raise CaptureError(f"example inputs are on several devices: {sorted(devices)}")
+
+
+@contextlib.contextmanager
+def preserved_state(model: Any):
+    """Restore parameters' grads, buffers, train/eval mode and RNG state on exit."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is not None:
+        was_training = {m: m.training for m in module.modules()}
+        grads = {p: p.grad for p in module.parameters()}
+        buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        if module is not None:
+            with torch.no_grad():
+                for m, t in was_training.items():
+                    m.training = t
+                for p, g in grads.items():
+                    p.grad = g
+                for name, b in module.named_buffers():
+                    if name in buffers:
+                        b.copy_(buffers[name])
+
+
+def aten_backend(on_graph: Callable[[str, torch.fx.GraphModule, list], Any]):
+    """A dynamo backend: AOTAutograd with Inductor's decompositions; `on_graph(kind, gm, example_inputs)`.
+
+    `on_graph` returns the callable to run for that graph (or None to run the graph as is).
+    """
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    def compiler(kind):
+        def compile_graph(gm: torch.fx.GraphModule, example_inputs):
+            fn = on_graph(kind, gm, example_inputs)
+            return make_boxed_func(fn if fn is not None else gm.forward)
+
+        return compile_graph
+
+    return aot_autograd(
+        fw_compiler=compiler("forward"),
+        bw_compiler=compiler("backward"),
+        inference_compiler=compiler("inference"),
+        decompositions=select_decomp_table(),
+        keep_inference_input_mutations=True,
+    )
+
+
+def capture(
+    model: Any,
+    *example_inputs: Any,
+    loss_fn: Callable | None = None,
+    train: bool = True,
+) -> Capture:
+    """Capture the forward and backward ATen graphs of one training step of ``model``.
+
+    ``loss_fn(output) -> scalar`` defaults to :func:`default_loss`. With ``train=False``
+    only the inference graph is captured (under ``torch.no_grad``). Graph breaks give
+    several graphs; ``Capture.breaks`` says where and why dynamo broke.
+    """
+    _check_inputs(model, example_inputs)
+    from torch._dynamo.backends.debugging import ExplainWithBackend
+
+    graphs: list[CapturedGraph] = []
+    counters = {"forward": 0, "backward": 0, "inference": 0}
+
+    def on_graph(kind: str, gm: torch.fx.GraphModule, _example):
+        index = counters[kind]
+        counters[kind] += 1
+        graphs.append(CapturedGraph(index=index, kind=kind, gm=gm, nodes=node_facts(gm)))
+        return None
+
+    step = _TrainStep(model, loss_fn, train)
+    explain = ExplainWithBackend(aten_backend(on_graph))
+    start = time.perf_counter()
+    with preserved_state(model):
+        if isinstance(model, torch.nn.Module):
+            model.train(train)
+        compiled = torch.compile(step, backend=explain, dynamic=False)
+        try:
+            with contextlib.ExitStack() as stack:
+                if not train:
+                    stack.enter_context(torch.no_grad())
+                out = compiled(*example_inputs)
+                if train:
+                    if not isinstance(out, torch.Tensor) or out.dim() != 0:
+                        raise CaptureError(
+                            f"the loss must be a scalar tensor, got {type(out).__name__}"
+                            + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else "")
+                        )
+                    if not out.requires_grad:
+                        raise CaptureError(
+                            "the loss does not require grad: the model has no parameters that "
+                            "require grad, or the output does not depend on them "
+                            "(capture(..., train=False) captures inference only)"
+                        )
+                    out.backward()
+        except CaptureError:
+            raise
+        except Exception as e:  # noqa: BLE001 - turn deep torch errors into one clear message
+            raise CaptureError(_explain_failure(model, e)) from e
+        finally:
+            _forget_compiled_code(step)
+    seconds = time.perf_counter() - start
+
+    breaks = []
+    try:
+        report = explain.output()
+        for br in report.break_reasons:
+            where = ""
+            if br.user_stack:
+                fr = br.user_stack[-1]
+                where = f"{fr.filename.rsplit('/', 1)[-1]}:{fr.lineno} in {fr.name}"
+            breaks.append(GraphBreak(reason=str(br.reason).strip().splitlines()[0], where=where))
+    except Exception as e:  # noqa: BLE001 - break reporting is best effort
+        debug(1, "could not read graph break reasons:", e)
+
+    if not graphs:
+        raise CaptureError(
+            "dynamo produced no graph for this model (it ran entirely in Python)"
+            + (f"; graph breaks: {'; '.join(map(str, breaks))}" if breaks else "")
+        )
+    graphs.sort(key=lambda g: (g.index, {"forward": 0, "inference": 0, "backward": 1}[g.kind]))
+    shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
+    cap = Capture(
+        model_name=_model_name(model),
+        graphs=graphs,
+        breaks=breaks,
+        train=train,
+        seconds=seconds,
+        input_shapes=shapes,
+    )
+    debug(1, cap.summary())
+    return cap
+
+
+def _forget_compiled_code(step: _TrainStep) -> None:
+    """Drop dynamo's cache entries for our wrapper so repeated captures never hit its recompile limit."""
+    try:
+        from torch._C._dynamo.eval_frame import reset_code
+
+        reset_code(type(step).forward.__code__)
+    except Exception:  # noqa: BLE001 - private API; a stale entry is harmless
+        pass
+
+
+def _explain_failure(model: Any, e: Exception) -> str:
+    name = _model_name(model)
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    kind = type(e).__name__
+    if "Unsupported" in kind or "dynamo" in type(e).__module__:
+        return f"TorchDynamo cannot trace {name}: {first}"
+    return f"running one training step of {name} failed: {kind}: {first}"

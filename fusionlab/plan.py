@@ -1,0 +1,288 @@
+"""Stage 3, plan: which candidates the user picked, checked to be a valid set of kernels.
+
+``FusionPlan(capture)`` starts with nothing selected. ``select``/``deselect`` take
+candidate ids ("fw0.softmax.0"), pattern names ("softmax", matching every candidate whose
+pattern has that component) or Candidate objects. A selection is refused, and the plan
+left as it was, when it names nothing, or when the selected groups together would form a
+cycle (group A feeds group B which feeds A: no order of kernel launches exists).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Iterable
+
+from . import ops
+from .candidates import Candidate, Candidates, _fmt_bytes, find_candidates, node_traffic
+from .capture import Capture
+
+
+class PlanError(ValueError):
+    """A selection the plan refuses; the message says which candidates and why."""
+
+
+@dataclass
+class PlanSummary:
+    """Kernels launched and bytes moved per training step, before and after the plan (modeled)."""
+
+    kernels_before: int
+    kernels_after: int
+    matmul_kernels: int
+    bytes_before: int
+    bytes_after: int
+    selected: int
+    candidates: int
+    per_graph: dict  # tag -> (kernels before, after, bytes before, after)
+
+    @property
+    def nonmatmul_before(self) -> int:
+        return self.kernels_before - self.matmul_kernels
+
+    @property
+    def nonmatmul_after(self) -> int:
+        return self.kernels_after - self.matmul_kernels
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.selected} of {self.candidates} candidates selected",
+            f"kernels per step: {self.kernels_before} -> {self.kernels_after} "
+            f"(non-matmul {self.nonmatmul_before} -> {self.nonmatmul_after}; {self.matmul_kernels} matmul)",
+            f"bytes moved per step (modeled): {_fmt_bytes(self.bytes_before)} -> {_fmt_bytes(self.bytes_after)}"
+            + (f" ({self.bytes_after / self.bytes_before:.0%})" if self.bytes_before else ""),
+        ]
+        for tag, (kb, ka, bb, ba) in self.per_graph.items():
+            lines.append(f"  {tag:5} kernels {kb:4d} -> {ka:4d}   bytes {_fmt_bytes(bb):>10} -> {_fmt_bytes(ba):>10}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+class FusionPlan:
+    """A selection of fusion candidates of one capture."""
+
+    def __init__(self, capture: Capture, candidates: Candidates | None = None):
+        if not isinstance(capture, Capture):
+            raise TypeError(
+                f"FusionPlan takes the Capture returned by fusionlab.capture(...), got {type(capture).__name__}"
+            )
+        self.capture = capture
+        self.candidates = candidates if candidates is not None else find_candidates(capture)
+        self._by_id = {c.id: c for c in self.candidates}
+        self._selected: dict[str, Candidate] = {}
+        self._owner: dict[tuple[str, str], str] = {}  # (graph, node) -> candidate id
+        self._index = {
+            g.tag: {n.name: i for i, n in enumerate(g.gm.graph.nodes)} for g in capture.graphs
+        }
+        self._users = {
+            g.tag: {n.name: [u.name for u in n.users] for n in g.gm.graph.nodes} for g in capture.graphs
+        }
+
+    # ------------------------------------------------------------------ selection
+
+    def _resolve(self, keys) -> list[Candidate]:
+        if isinstance(keys, (str, Candidate)):
+            keys = [keys]
+        out: list[Candidate] = []
+        for key in keys:
+            if isinstance(key, Candidate):
+                if key.id not in self._by_id:
+                    raise PlanError(f"candidate {key.id} does not belong to this plan's capture")
+                found = [self._by_id[key.id]]
+            elif isinstance(key, str):
+                found = [c for c in self.candidates if c.matches(key)]
+                if not found:
+                    patterns = sorted({c.pattern for c in self.candidates})
+                    raise PlanError(
+                        f"no candidate matches {key!r}; patterns here: {', '.join(patterns) or 'none'} "
+                        "(or use an id from plan.candidates)"
+                    )
+            else:
+                raise PlanError(f"select by candidate id, pattern name or Candidate, not {type(key).__name__}")
+            out += [c for c in found if c not in out]
+        if not out:
+            raise PlanError("empty selection: name at least one candidate id or pattern")
+        return out
+
+    def select(self, *keys) -> FusionPlan:
+        """Add candidates (ids, pattern names or Candidate objects) to the selection."""
+        if not keys:
+            raise PlanError("empty selection: plan.select('softmax'), plan.select('fw0.layer_norm.0'), ...")
+        new = dict(self._selected)
+        for c in self._resolve(list(keys)):
+            new[c.id] = c
+        self._commit(new)
+        return self
+
+    def deselect(self, *keys) -> FusionPlan:
+        if not keys:
+            raise PlanError("empty selection: name the candidates to deselect")
+        new = dict(self._selected)
+        for c in self._resolve(list(keys)):
+            new.pop(c.id, None)
+        self._commit(new)
+        return self
+
+    def select_all(self) -> FusionPlan:
+        self._commit({c.id: c for c in self.candidates})
+        return self
+
+    def clear(self) -> FusionPlan:
+        self._commit({})
+        return self
+
+    @property
+    def selected(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.id in self._selected]
+
+    def is_selected(self, key) -> bool:
+        return (key.id if isinstance(key, Candidate) else key) in self._selected
+
+    # ------------------------------------------------------------------ validation
+
+    def _commit(self, new: dict[str, Candidate]) -> None:
+        owner: dict[tuple[str, str], str] = {}
+        for c in new.values():
+            for n in c.nodes:
+                prev = owner.get((c.graph, n))
+                if prev is not None and prev != c.id:
+                    raise PlanError(f"candidates {prev} and {c.id} overlap (both contain node {n})")
+                owner[(c.graph, n)] = c.id
+        for tag in {c.graph for c in new.values()}:
+            cycle = self._find_cycle(tag, owner)
+            if cycle:
+                raise PlanError(
+                    f"selecting {' and '.join(cycle)} together would form a cycle in {tag}: "
+                    "each needs a result of the other, so no launch order exists"
+                )
+        self._selected = new
+        self._owner = owner
+
+    def _find_cycle(self, tag: str, owner: dict) -> list[str] | None:
+        """Contract each selected group to one vertex; return the ids on a cycle, if any."""
+        users = self._users[tag]
+        index = self._index[tag]
+
+        def vertex(name: str) -> str:
+            return owner.get((tag, name), name)
+
+        succ: dict[str, set[str]] = {}
+        for name, us in users.items():
+            v = vertex(name)
+            for u in us:
+                w = vertex(u)
+                if w != v:
+                    succ.setdefault(v, set()).add(w)
+        # Kahn's algorithm over the contracted graph
+        indeg: dict[str, int] = {}
+        verts = {vertex(n) for n in index}
+        for v in verts:
+            indeg.setdefault(v, 0)
+        for v, ws in succ.items():
+            for w in ws:
+                indeg[w] = indeg.get(w, 0) + 1
+        queue = [v for v in verts if indeg[v] == 0]
+        seen = 0
+        while queue:
+            v = queue.pop()
+            seen += 1
+            for w in succ.get(v, ()):
+                indeg[w] -= 1
+                if indeg[w] == 0:
+                    queue.append(w)
+        if seen == len(verts):
+            return None
+        return sorted({v for v in verts if indeg[v] > 0 and v in self._selected_ids(owner)})
+
+    @staticmethod
+    def _selected_ids(owner: dict) -> set[str]:
+        return set(owner.values())
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self) -> PlanSummary:
+        per_graph = {}
+        kb = ka = mm = bb = ba = 0
+        sel_by_graph: dict[str, list[Candidate]] = {}
+        for c in self._selected.values():
+            sel_by_graph.setdefault(c.graph, []).append(c)
+        for g in self.capture.graphs:
+            k_before = 0
+            b_before = 0
+            for n in g.gm.graph.nodes:
+                kind = g.nodes[n.name].kind
+                if ops.launches_kernel(kind):
+                    k_before += 1
+                    b_before += node_traffic(n)
+                    if kind == "matmul":
+                        mm += 1
+            sel = sel_by_graph.get(g.tag, [])
+            k_after = k_before - sum(c.kernels_unfused - 1 for c in sel)
+            b_after = b_before - sum(c.bytes_saved for c in sel)
+            per_graph[g.tag] = (k_before, k_after, b_before, b_after)
+            kb += k_before
+            ka += k_after
+            bb += b_before
+            ba += b_after
+        return PlanSummary(kb, ka, mm, bb, ba, len(self._selected), len(self.candidates), per_graph)
+
+    # ------------------------------------------------------------------ later stages
+
+    def kernels(self, **options):
+        """Generate (and cache) the Kernel of every selected candidate."""
+        from .build import kernels_for_plan
+
+        return kernels_for_plan(self, **options)
+
+    def backend(self, **options):
+        """A torch.compile backend running the selected groups as fusionlab kernels."""
+        from .backend import make_backend
+
+        return make_backend(self, **options)
+
+    def compile(self, model, **options):
+        """``torch.compile(model, backend=self.backend(), dynamic=False)``: the fused model."""
+        from .backend import compile_model
+
+        return compile_model(self, model, **options)
+
+    def export(self, directory, **options):
+        """Write every selected kernel as a standalone importable module into `directory`."""
+        from .build import export_plan
+
+        return export_plan(self, directory, **options)
+
+    # ------------------------------------------------------------------ display
+
+    def __repr__(self) -> str:
+        lines = [f"FusionPlan({self.capture.model_name}: {len(self._selected)}/{len(self.candidates)} selected)"]
+        for c in self.candidates:
+            mark = "x" if c.id in self._selected else " "
+            lines.append(f"  [{mark}] {c.id:34} {c.kernels_unfused:3d}->1  saves {_fmt_bytes(c.bytes_saved)}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{'&#9745;' if c.id in self._selected else '&#9744;'}</td>"
+            f"<td><code>{html.escape(c.id)}</code></td><td>{c.kernels_unfused}&rarr;1</td>"
+            f"<td>{_fmt_bytes(c.bytes_saved)}</td><td>{html.escape(', '.join(c.modules[:3]))}</td></tr>"
+            for c in self.candidates
+        )
+        return (
+            f"<b>FusionPlan for {html.escape(self.capture.model_name)}</b>"
+            "<table><tr><th></th><th>candidate</th><th>kernels</th><th>saves (modeled)</th><th>modules</th></tr>"
+            + rows + "</table>" + self.summary()._repr_html_()
+        )
+
+
+def plan_for(capture: Capture, select: Iterable[str] | str | None = "all") -> FusionPlan:
+    """Convenience: a plan with `select` ("all", a pattern, or a list) selected."""
+    plan = FusionPlan(capture)
+    if select == "all":
+        plan.select_all()
+    elif select:
+        plan.select(*([select] if isinstance(select, str) else list(select)))
+    return plan
