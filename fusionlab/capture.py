@@ -471,6 +471,7 @@ def capture(
         train=train,
         seconds=seconds,
         input_shapes=shapes,
+        meta={"loss_fn": loss_fn, "model": model},
     )
     debug(1, cap.summary())
     return cap

@@ -1,0 +1,286 @@
+"""Stage 6, backend: the fused training step.
+
+``plan.backend()`` is a torch.compile backend. Dynamo and AOTAutograd hand it the same
+forward and backward ATen graphs fusionlab captured; for each graph it finds the
+candidates again, keeps the ones the plan selected (matched by pattern, ops and source
+modules, so a recompile for a new batch size finds them again), generates and builds
+their kernels, checks each against the eager ops it replaces on fresh random inputs,
+and rewrites the graph so every kernel that passed is one call. Every other op runs as
+in eager. A kernel that fails to generate, build or match eager is left out and its
+group runs unfused; ``BackendReport`` says which and why.
+
+AOTAutograd has already split forward from backward, so a kernel only has to compute
+the same values as the nodes it replaces: no custom autograd.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+
+from . import _env
+from .build.kernel import CheckResult, Kernel
+from .candidates import Candidate, graph_candidates
+from .capture import CapturedGraph, _TrainStep, aten_backend, node_facts
+from .codegen import LoweringError, generate
+
+
+@dataclass
+class KernelStatus:
+    candidate: str
+    kernel: str
+    used: bool
+    reason: str = ""  # why it is not used
+    check: CheckResult | None = None
+
+    def __str__(self) -> str:
+        if self.used:
+            return f"{self.candidate}: fused ({self.check})" if self.check else f"{self.candidate}: fused"
+        return f"{self.candidate}: NOT fused, runs eagerly: {self.reason}"
+
+
+@dataclass
+class BackendReport:
+    """What the backend did with each selected candidate, per compiled graph."""
+
+    graphs: list[str] = field(default_factory=list)
+    kernels: list[KernelStatus] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def used(self) -> list[KernelStatus]:
+        return [k for k in self.kernels if k.used]
+
+    @property
+    def failed(self) -> list[KernelStatus]:
+        return [k for k in self.kernels if not k.used]
+
+    def __str__(self) -> str:
+        lines = [f"fusionlab backend: {len(self.used)} kernels in use, {len(self.failed)} left unfused "
+                 f"(executor: {_env.executor_name()})"]
+        lines += ["  " + str(k) for k in self.kernels]
+        lines += [f"  {u}" for u in self.unmatched]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def candidate_key(c: Candidate) -> tuple:
+    """What identifies a candidate across recompiles: not node names or shapes."""
+    return (c.pattern, c.ops, c.modules, len(c.nodes))
+
+
+def _keyed(cands) -> dict[tuple, Candidate]:
+    out = {}
+    seen: dict[tuple, int] = {}
+    for c in cands:
+        k = candidate_key(c)
+        i = seen.get(k, 0)
+        seen[k] = i + 1
+        out[k + (i,)] = c
+    return out
+
+
+def extract_subgraph(gm: torch.fx.GraphModule, cand: Candidate) -> torch.fx.GraphModule:
+    """The candidate's nodes as a stand-alone GraphModule: inputs -> tuple of outputs (eager)."""
+    g = torch.fx.Graph()
+    nodes = {n.name: n for n in gm.graph.nodes}
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for name in cand.inputs:
+        ph = g.placeholder(name)
+        ph.meta = dict(nodes[name].meta)
+        env[nodes[name]] = ph
+    for name in cand.nodes:
+        n = nodes[name]
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(tuple(env[nodes[o]] for o in cand.outputs))
+    return torch.fx.GraphModule(gm, g)
+
+
+_KERNELS: dict[str, Kernel] = {}  # source digest -> built & checked kernel (per process)
+
+
+def build_kernel(cand: Candidate, graph: CapturedGraph, *, model_name: str = "", validate: bool = True,
+                 seed: int | None = None, **codegen) -> tuple[Kernel | None, KernelStatus]:
+    """Generate, build and check one candidate's kernel. Never raises for a bad kernel."""
+    try:
+        ks = generate(cand, graph, model_name=model_name, **codegen)
+    except LoweringError as e:
+        return None, KernelStatus(cand.id, "", False, f"codegen: {e}")
+    except Exception as e:  # noqa: BLE001 - a codegen bug must not break the user's model
+        return None, KernelStatus(cand.id, "", False, f"codegen failed: {type(e).__name__}: {e}")
+    cached = _KERNELS.get(ks.digest)
+    if cached is not None and cached.check_result is not None:
+        k = cached
+    else:
+        k = Kernel(ks, extract_subgraph(graph.gm, cand))
+        if validate:
+            k.check(seed=seed)
+        _KERNELS[ks.digest] = k
+    res = k.check_result
+    if validate and (res is None or not res.ok):
+        return None, KernelStatus(cand.id, ks.name, False, f"check against eager failed: {res}", res)
+    return k, KernelStatus(cand.id, ks.name, True, "", res)
+
+
+def _kernel_call(kernel: Kernel):
+    def call(*args):
+        return kernel(*args)
+
+    call.__name__ = kernel.name
+    call.__qualname__ = kernel.name
+    return call
+
+
+def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, Kernel]]) -> torch.fx.GraphModule:
+    """Replace each candidate's nodes by one call of its kernel."""
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for cand, kernel in chosen:
+        members = [nodes[n] for n in cand.nodes]
+        last = max(members, key=order.__getitem__)
+        with graph.inserting_after(last):
+            call = graph.call_function(_kernel_call(kernel), tuple(nodes[i] for i in cand.inputs))
+        call.meta["fusionlab"] = cand.id
+        prev = call
+        for k, o in enumerate(cand.outputs):
+            with graph.inserting_after(prev):
+                gi = graph.call_function(operator.getitem, (call, k))
+            gi.meta["val"] = nodes[o].meta.get("val")
+            nodes[o].replace_all_uses_with(gi)
+            prev = gi
+        for m in sorted(members, key=order.__getitem__, reverse=True):
+            graph.erase_node(m)
+    _stable_toposort(graph)
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _stable_toposort(graph: torch.fx.Graph) -> None:
+    """Reorder nodes so each comes after its inputs, moving as few as possible."""
+    order: list[torch.fx.Node] = []
+    placed: set[torch.fx.Node] = set()
+    for root in list(graph.nodes):
+        stack = [(root, False)]
+        while stack:
+            n, expanded = stack.pop()
+            if n in placed:
+                continue
+            if expanded:
+                placed.add(n)
+                order.append(n)
+                continue
+            stack.append((n, True))
+            for a in reversed(n.all_input_nodes):
+                if a not in placed:
+                    stack.append((a, False))
+    prev = None
+    for n in order:
+        if prev is not None and prev.next is not n:
+            prev.append(n)
+        prev = n
+
+
+def make_backend(plan, *, validate: bool = True, seed: int | None = None, **codegen):
+    """A torch.compile backend that runs the plan's selected candidates as fusionlab kernels."""
+    report = BackendReport()
+    selected_by_graph: dict[str, dict] = {}
+    for g in plan.capture.graphs:
+        sel = {c.id for c in plan.selected if c.graph == g.tag}
+        mine = [c for c in plan.candidates if c.graph == g.tag]
+        selected_by_graph[g.tag] = {k for k, c in _keyed(mine).items() if c.id in sel}
+    compiled_counts = {"forward": 0, "backward": 0, "inference": 0}
+
+    def find_reference(kind: str, gm) -> CapturedGraph | None:
+        idx = compiled_counts[kind]
+        compiled_counts[kind] += 1
+        sig = tuple((n.op, str(n.target)) for n in gm.graph.nodes)
+        same_kind = [g for g in plan.capture.graphs if g.kind == kind]
+        for g in same_kind:
+            if g.index == idx and g.signature == sig:
+                return g
+        for g in same_kind:
+            if g.signature == sig:
+                return g
+        for g in same_kind:
+            if g.index == idx:
+                return g
+        return None
+
+    def on_graph(kind: str, gm: torch.fx.GraphModule, _example):
+        ref = find_reference(kind, gm)
+        if ref is None:
+            report.unmatched.append(f"a {kind} graph that was not captured by this plan runs unfused")
+            return None
+        wanted = selected_by_graph.get(ref.tag, set())
+        if not wanted:
+            report.graphs.append(ref.tag)
+            return None
+        graph = CapturedGraph(index=ref.index, kind=kind, gm=gm, nodes=node_facts(gm))
+        cands, _ = graph_candidates(graph)
+        keyed = _keyed(cands)
+        chosen = []
+        for key in wanted:
+            cand = keyed.get(key)
+            if cand is None:
+                report.kernels.append(KernelStatus(key[0], "", False, "not found again in the recompiled graph"))
+                continue
+            kernel, status = build_kernel(cand, graph, model_name=plan.capture.model_name,
+                                          validate=validate, seed=seed, **codegen)
+            report.kernels.append(status)
+            if kernel is not None:
+                chosen.append((cand, kernel))
+        report.graphs.append(ref.tag)
+        if not chosen:
+            return None
+        try:
+            return rewrite(gm, chosen).forward
+        except Exception as e:  # noqa: BLE001 - fall back to the unfused graph, loudly
+            warnings.warn(f"fusionlab: could not rewrite {ref.tag} ({e}); it runs unfused", stacklevel=2)
+            for st in report.kernels:
+                if st.used and any(st.candidate == c.id for c, _ in chosen):
+                    st.used = False
+                    st.reason = f"graph rewrite failed: {e}"
+            return None
+
+    backend = aten_backend(on_graph)
+    backend.report = report
+    plan.last_report = report
+    return backend
+
+
+class FusedStep(torch.nn.Module):
+    """The model's training step with the plan's kernels: ``loss = fused(*inputs)``.
+
+    Runs ``model(*inputs)`` then the capture's loss, compiled with the plan's backend
+    (``dynamic=False``: a new input shape recompiles, and the selected candidates are found
+    again and checked for the new shapes). Parameters are the model's own.
+    """
+
+    def __init__(self, plan, model, **options):
+        super().__init__()
+        self.model = model
+        self.step = _TrainStep(model, plan.capture.meta.get("loss_fn"), plan.capture.train)
+        self.backend = make_backend(plan, **options)
+        self.report: BackendReport = self.backend.report
+        self._compiled = torch.compile(self.step, backend=self.backend, dynamic=False)
+
+    def forward(self, *inputs):
+        if not self.step.train_step:
+            with torch.no_grad():
+                return self._compiled(*inputs)
+        return self._compiled(*inputs)
+
+
+def compile_model(plan, model=None, **options) -> FusedStep:
+    """The fused training step of `model` (by default the model the plan was captured from)."""
+    model = model if model is not None else plan.capture.meta.get("model")
+    if model is None:
+        raise ValueError("plan.compile(model): pass the model to fuse")
+    return FusedStep(plan, model, **options)

@@ -1,0 +1,267 @@
+"""Stage 5, build: KernelSource -> a runnable Kernel, checked against eager PyTorch.
+
+A Kernel imports its generated module (written to a file: Triton reads kernel source
+from files) and runs its launcher: with Triton's JIT on CUDA, in the Triton interpreter
+on CPU (see fusionlab._env). ``Kernel.check()`` runs the kernel and the eager subgraph it
+replaces on the same fresh random inputs, with the captured shapes, dtypes and strides.
+
+Tolerances (max |fused - eager| <= atol + rtol * |eager|, element-wise; NaN and inf must
+sit in the same places):
+
+    float32   rtol 2e-5, atol 2e-5   reassociated sums differ in the last bits
+    float16   rtol 5e-3, atol 5e-3   fused kernels keep fp32 between ops; eager rounds
+                                     to fp16 after every op (~5 fp16 ulps)
+    bfloat16  rtol 4e-2, atol 4e-2   same, ~5 bf16 ulps (bf16 keeps 8 mantissa bits)
+    integer/bool                     exact
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.fx
+
+from .. import _env
+from ..codegen.source import KernelSource
+
+TOLERANCES = {
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (4e-2, 4e-2),
+}
+
+
+def _module_dir() -> Path:
+    base = os.environ.get("FUSIONLAB_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fusionlab"
+    )
+    path = Path(base) / "modules"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "fusionlab-modules"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def load_module(ks: KernelSource):
+    """Import the module text of `ks` from a content-addressed file (atomic write)."""
+    digest = hashlib.sha256(ks.source.encode()).hexdigest()[:16]
+    modname = f"fusionlab_kernel_{ks.name}_{digest}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    path = _module_dir() / f"{modname}.py"
+    if not path.exists() or path.read_text() != ks.source:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(ks.source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception:
+        sys.modules.pop(modname, None)
+        raise
+    return mod
+
+
+@dataclass
+class CheckResult:
+    """Outcome of checking one kernel against the eager ops it replaces."""
+
+    kernel: str
+    ok: bool
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst_output: str = ""
+    dtype: str = ""
+    shapes: tuple = ()
+    error: str | None = None
+    seconds: float = 0.0
+    executor: str = ""
+
+    def __str__(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.shapes)
+        if self.error:
+            return f"{self.kernel}: FAILED ({self.error}); inputs [{shapes}]"
+        verdict = "ok" if self.ok else "MISMATCH"
+        return (
+            f"{self.kernel}: {verdict}, max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g}"
+            f"{' in ' + self.worst_output if self.worst_output else ''} ({self.dtype}; inputs [{shapes}]; "
+            f"{self.executor})"
+        )
+
+
+class Kernel:
+    """A generated kernel that can run, be checked against eager, inspected and saved."""
+
+    def __init__(self, source: KernelSource, subgraph: torch.fx.GraphModule | None = None):
+        self.source = source
+        self.subgraph = subgraph  # eager reference: inputs -> tuple of outputs
+        self._module = None
+        self.check_result: CheckResult | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def module(self):
+        if self._module is None:
+            self._module = load_module(self.source)
+        return self._module
+
+    def __call__(self, *inputs, config=None):
+        return getattr(self.module, self.source.launcher)(*inputs, config=config)
+
+    run = __call__
+
+    # ------------------------------------------------------------------ checks
+
+    def random_inputs(
+        self, device: str | torch.device = "cpu", seed: int | None = None
+    ) -> list[torch.Tensor]:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        return [
+            random_tensor(shape, stride, dtype, device, gen)
+            for _, dtype, shape, stride in self.source.meta["inputs"]
+        ]
+
+    def check(
+        self, inputs=None, device: str | torch.device | None = None, seed: int | None = None
+    ) -> CheckResult:
+        """Run the kernel and the eager subgraph on the same (fresh random) inputs and compare."""
+        with _real_tensors():
+            return self._check(inputs, device, seed)
+
+    def _check(self, inputs, device, seed) -> CheckResult:
+        if device is None:
+            device = "cpu" if _env.INTERPRET else "cuda"
+        start = time.perf_counter()
+        shapes = tuple(tuple(s) for _, _, s, _ in self.source.meta["inputs"])
+        out_dtypes = {str(dt).replace("torch.", "") for _, dt, _, _ in self.source.meta["outputs"]}
+        res = CheckResult(
+            kernel=self.name,
+            ok=False,
+            dtype="/".join(sorted(out_dtypes)),
+            shapes=shapes,
+            executor=_env.executor_name(),
+        )
+        try:
+            if inputs is None:
+                with _real_tensors():
+                    inputs = self.random_inputs(device, seed)
+            if self.subgraph is None:
+                raise RuntimeError("no eager reference subgraph attached to this kernel")
+            with _real_tensors():
+                expected = self.subgraph(*inputs)
+                got = self(*inputs)
+        except Exception as e:  # noqa: BLE001 - a failing kernel is a result, not a crash
+            res.error = (
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            )
+            res.seconds = time.perf_counter() - start
+            self.check_result = res
+            return res
+        names = [n for n, *_ in self.source.meta["outputs"]]
+        ok = True
+        for name, e, g in zip(names, expected, got):
+            good, abs_err, rel_err = compare(g, e)
+            if abs_err > res.max_abs or not good:
+                res.worst_output = name if (abs_err > res.max_abs or not good) else res.worst_output
+            res.max_abs = max(res.max_abs, abs_err)
+            res.max_rel = max(res.max_rel, rel_err)
+            ok &= good
+        res.ok = ok
+        res.seconds = time.perf_counter() - start
+        self.check_result = res
+        return res
+
+    # ------------------------------------------------------------------ later stages
+
+    def inspect(self, target: str = "sm_90", **options):
+        """Compile for a GPU target (in a worker process) and report every stage."""
+        from .inspect import inspect_source
+
+        return inspect_source(self.source, target, **options)
+
+    def save(self, path):
+        """Write a standalone importable .py module (depends only on torch and triton)."""
+        from .export import save_kernel
+
+        return save_kernel(self.source, path)
+
+    def __repr__(self) -> str:
+        status = (
+            ""
+            if self.check_result is None
+            else (" checked ok" if self.check_result.ok else " FAILED check")
+        )
+        return f"<Kernel {self.name} ({self.source.kind}, {self.source.pattern}){status}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<b>{html.escape(repr(self))}</b><pre>{html.escape(self.source.source)}</pre>"
+
+
+def _real_tensors():
+    """Run on real tensors even when called from inside torch.compile (fake tensor mode)."""
+    import contextlib
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(unset_fake_temporarily())
+    stack.enter_context(torch.no_grad())
+    return stack
+
+
+def random_tensor(shape, stride, dtype, device, gen) -> torch.Tensor:
+    """A tensor with exactly `shape` and `stride` (expanded/permuted included), random values."""
+    shape, stride = tuple(shape), tuple(stride)
+    extent = 1 + sum((s - 1) * st for s, st in zip(shape, stride) if s > 0)
+    if dtype == torch.bool:
+        base = torch.rand(extent, generator=gen) > 0.5
+    elif dtype.is_floating_point:
+        base = torch.randn(extent, generator=gen).to(dtype)
+    else:
+        base = torch.randint(0, 8, (extent,), generator=gen).to(dtype)
+    return base.to(device).as_strided(shape, stride)
+
+
+def compare(got: torch.Tensor, expected: torch.Tensor) -> tuple[bool, float, float]:
+    """(within tolerance, max abs error, max relative error) for one output."""
+    if got.shape != expected.shape:
+        return False, float("inf"), float("inf")
+    if not expected.dtype.is_floating_point:
+        same = torch.equal(got.to(expected.dtype), expected)
+        return same, 0.0 if same else float("inf"), 0.0 if same else float("inf")
+    rtol, atol = TOLERANCES.get(expected.dtype, (2e-5, 2e-5))
+    g, e = got.double(), expected.double()
+    nan_g, nan_e = torch.isnan(g), torch.isnan(e)
+    if not torch.equal(nan_g, nan_e):
+        return False, float("nan"), float("nan")
+    inf_e = torch.isinf(e)
+    if not torch.equal(g[inf_e], e[inf_e]) or torch.isinf(g[~inf_e]).any():
+        return False, float("inf"), float("inf")
+    finite = ~(nan_e | inf_e)
+    if not finite.any():
+        return True, 0.0, 0.0
+    diff = (g[finite] - e[finite]).abs()
+    max_abs = float(diff.max())
+    max_rel = float((diff / e[finite].abs().clamp_min(1e-30)).max())
+    ok = bool((diff <= atol + rtol * e[finite].abs()).all())
+    return ok, max_abs, max_rel

@@ -1,0 +1,364 @@
+"""Tests for fusionlab.build.inspect: real compiles for GPU targets, with no GPU.
+
+The kernels are hand-written module texts of the shape codegen produces: a pointwise
+kernel, a one-row-per-program reduction and a looped reduction.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fusionlab.build import workers
+from fusionlab.build.inspect import (
+    CompileReport,
+    annotate_sass,
+    inspect_many,
+    inspect_source,
+    model_occupancy,
+    resolve_target,
+)
+from fusionlab.codegen.source import KernelSource
+
+POINTWISE = """\
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def fused_bias_gelu_0(in_x, in_bias, out_y, xnumel, XBLOCK: tl.constexpr):
+    xoffset = tl.program_id(0) * XBLOCK
+    xindex = xoffset + tl.arange(0, XBLOCK)
+    xmask = xindex < xnumel
+    c = xindex % 768
+    x = tl.load(in_x + xindex, mask=xmask, other=0.0).to(tl.float32)
+    bias = tl.load(in_bias + c, mask=xmask, other=0.0).to(tl.float32)
+    add = x + bias                                   # aten.add.Tensor      h.0.mlp.fc
+    mul = add * 0.7071067811865476                   # aten.mul.Tensor      h.0.mlp.act
+    erf = tl.erf(mul)                                # aten.erf.default     h.0.mlp.act
+    add_1 = erf + 1.0                                # aten.add.Tensor      h.0.mlp.act
+    mul_1 = add * 0.5                                # aten.mul.Tensor      h.0.mlp.act
+    y = mul_1 * add_1                                # aten.mul.Tensor      h.0.mlp.act
+    tl.store(out_y + xindex, y, mask=xmask)
+
+
+def launch_fused_bias_gelu_0(x, bias, XBLOCK=1024, num_warps=4):
+    y = torch.empty_like(x)
+    n = x.numel()
+    fused_bias_gelu_0[(triton.cdiv(n, XBLOCK),)](x, bias, y, n, XBLOCK=XBLOCK, num_warps=num_warps)
+    return y
+"""
+
+REDUCTION = """\
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def fused_rmsnorm_0(in_x, in_w, out_y, xnumel, rnumel, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):
+    xindex = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)[:, None]
+    xmask = xindex < xnumel
+    rindex = tl.arange(0, RBLOCK)[None, :]
+    rmask = rindex < rnumel
+    x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=0.0).to(tl.float32)
+    w = tl.load(in_w + rindex, mask=rmask, other=0.0).to(tl.float32)
+    ssum = tl.sum(x * x, 1)[:, None]                 # aten.pow + aten.sum
+    inv = tl.rsqrt(ssum / rnumel + 1e-6)             # aten.mean + aten.add + aten.rsqrt
+    y = x * inv * w                                  # aten.mul x2
+    tl.store(out_y + xindex * rnumel + rindex, y, mask=xmask & rmask)
+
+
+def launch_fused_rmsnorm_0(x, w, XBLOCK=1, RBLOCK=None, num_warps=4):
+    n, r = x.shape
+    RBLOCK = RBLOCK or triton.next_power_of_2(r)
+    y = torch.empty_like(x)
+    fused_rmsnorm_0[(triton.cdiv(n, XBLOCK),)](x, w, y, n, r, XBLOCK=XBLOCK, RBLOCK=RBLOCK, num_warps=num_warps)
+    return y
+"""
+
+LOOPED = """\
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def fused_softmax_1(in_x, out_y, xnumel, rnumel, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):
+    xindex = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)[:, None]
+    xmask = xindex < xnumel
+    rbase = tl.arange(0, RBLOCK)[None, :]
+    _max = tl.full([XBLOCK, RBLOCK], float("-inf"), tl.float32)
+    for roffset in range(0, rnumel, RBLOCK):
+        rindex = roffset + rbase
+        rmask = rindex < rnumel
+        x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=float("-inf")).to(tl.float32)
+        _max = tl.maximum(_max, x)
+    amax = tl.max(_max, 1)[:, None]                  # aten.amax
+    _sum = tl.zeros([XBLOCK, RBLOCK], tl.float32)
+    for roffset in range(0, rnumel, RBLOCK):
+        rindex = roffset + rbase
+        rmask = rindex < rnumel
+        x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=float("-inf")).to(tl.float32)
+        _sum = _sum + tl.where(xmask & rmask, tl.exp(x - amax), 0.0)
+    denom = tl.sum(_sum, 1)[:, None]                 # aten.sum
+    for roffset in range(0, rnumel, RBLOCK):
+        rindex = roffset + rbase
+        rmask = rindex < rnumel
+        x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=0.0).to(tl.float32)
+        y = tl.exp(x - amax) / denom                 # aten.sub + aten.exp + aten.div
+        tl.store(out_y + xindex * rnumel + rindex, y, mask=xmask & rmask)
+
+
+def launch_fused_softmax_1(x, XBLOCK=1, RBLOCK=128, num_warps=4):
+    n, r = x.shape
+    y = torch.empty_like(x)
+    fused_softmax_1[(triton.cdiv(n, XBLOCK),)](x, y, n, r, XBLOCK=XBLOCK, RBLOCK=RBLOCK, num_warps=num_warps)
+    return y
+"""
+
+PW_SIG = {"in_x": "*fp32", "in_bias": "*fp32", "out_y": "*fp32", "xnumel": "i32"}
+
+
+def pointwise(xblock: int = 1024, source: str = POINTWISE, num_warps: int = 4) -> KernelSource:
+    return KernelSource(
+        name="fused_bias_gelu_0",
+        launcher="launch_fused_bias_gelu_0",
+        source=source,
+        signature=PW_SIG,
+        constexprs={"XBLOCK": xblock},
+        num_warps=num_warps,
+        kind="pointwise",
+    )
+
+
+def reduction(rblock: int = 1024, num_warps: int = 4) -> KernelSource:
+    return KernelSource(
+        name="fused_rmsnorm_0",
+        launcher="launch_fused_rmsnorm_0",
+        source=REDUCTION,
+        signature={
+            "in_x": "*fp32",
+            "in_w": "*fp32",
+            "out_y": "*fp32",
+            "xnumel": "i32",
+            "rnumel": "i32",
+        },
+        constexprs={"XBLOCK": 1, "RBLOCK": rblock},
+        num_warps=num_warps,
+        kind="reduction",
+    )
+
+
+def looped(rblock: int = 128, num_warps: int = 4) -> KernelSource:
+    return KernelSource(
+        name="fused_softmax_1",
+        launcher="launch_fused_softmax_1",
+        source=LOOPED,
+        signature={"in_x": "*fp32", "out_y": "*fp32", "xnumel": "i32", "rnumel": "i32"},
+        constexprs={"XBLOCK": 1, "RBLOCK": rblock},
+        num_warps=num_warps,
+        kind="looped_reduction",
+    )
+
+
+KERNELS = {"pointwise": pointwise, "reduction": reduction, "looped": looped}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fusionlab-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSIONLAB_CACHE_DIR", str(d))
+        yield d
+
+
+@pytest.fixture(scope="module")
+def compiled(cache_dir):
+    """One batch per target; sm_80's batch also holds a kernel that fails to compile."""
+    broken = pointwise(xblock=1000)  # tl.arange needs a power of 2
+    out = {}
+    reps = inspect_many([f() for f in KERNELS.values()] + [broken], "sm_80", progress=True)
+    out["sm_80"] = dict(zip([*KERNELS, "broken"], reps))
+    reps = inspect_many([f() for f in KERNELS.values()], "sm_90", progress=False)
+    out["sm_90"] = dict(zip(KERNELS, reps))
+    return out
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_stages_and_resources(compiled, target, kind):
+    rep = compiled[target][kind]
+    assert rep.ok, rep.error
+    assert rep.error is None and rep.target == target and not rep.cached
+    assert list(rep.stages) == ["triton", "ttir", "ttgir", "llir", "ptx", "sass"]
+    assert "tt.func" in rep.stages["ttir"] and "ttg." in rep.stages["ttgir"]
+    assert "define" in rep.stages["llir"] and ".entry" in rep.stages["ptx"]
+    assert f".target sm_{target[3:]}" in rep.stages["ptx"].replace("\t", " ")
+    sass = rep.stages["sass"]
+    assert "EXIT" in sass and ("LDG" in sass or "STG" in sass)
+    assert rep.cubin and rep.cubin[:4] == b"\x7fELF"
+    assert rep.registers and rep.registers > 0
+    assert rep.spills == 0 and rep.shared_mem is not None and rep.num_warps == 4
+    assert 0 < rep.occupancy <= 1 and rep.resident_warps > 0 and rep.occupancy_limiter
+    assert rep.triton_version and rep.compile_seconds > 0
+    assert rep.stages["triton"] == KERNELS[kind]().source
+
+
+def test_reductions_use_shared_memory_and_loops(compiled):
+    for t in ("sm_80", "sm_90"):
+        assert (
+            compiled[t]["reduction"].shared_mem > 0
+        )  # cross-warp tl.sum goes through shared memory
+        assert "scf.for" in compiled[t]["looped"].stages["ttir"]
+        assert "scf.for" not in compiled[t]["reduction"].stages["ttir"]
+
+
+def test_sass_is_annotated_with_python_lines(compiled):
+    sass = compiled["sm_90"]["pointwise"].stages["sass"]
+    assert "// 16: erf = tl.erf(mul)" in sass  # nvdisasm -g line info, shown as the Python line
+    assert "//## File" not in sass and "/tmp/" not in sass
+    text = 'X\n\t//## File "/tmp/a/k.py", line 2\n  /*0000*/ EXIT ;\n'
+    assert annotate_sass(text, "a = 1\nb = a + 1\n") == "X\n\t// 2: b = a + 1\n  /*0000*/ EXIT ;\n"
+
+
+def test_compile_error_fails_only_that_kernel(compiled):
+    rep = compiled["sm_80"]["broken"]
+    assert not rep.ok
+    assert "CompilationError" in rep.error and "power of 2" in rep.error
+    assert set(rep.stages) == {"triton"} and rep.registers is None
+    assert all(compiled["sm_80"][k].ok for k in KERNELS)
+    assert "FAILED" in repr(rep) and "power of 2" in rep.to_text()
+
+
+def test_second_inspection_is_served_from_cache(compiled, cache_dir):
+    again = inspect_many([f() for f in KERNELS.values()], "sm_90", progress=False)
+    for kind, rep in zip(KERNELS, again):
+        first = compiled["sm_90"][kind]
+        assert rep.cached and rep.ok
+        assert rep.stages == first.stages and rep.cubin == first.cubin
+        assert rep.registers == first.registers and rep.occupancy == first.occupancy
+    # ... and from FUSIONLAB_CACHE_DIR
+    assert list((cache_dir / "inspect").rglob("*.entry"))
+    one = inspect_source(pointwise(), "sm_80")
+    assert one.cached and "served from the disk cache" in one.to_text()
+    # a failed compile is not cached
+    assert not inspect_source(pointwise(xblock=1000), "sm_80").cached
+
+
+def test_duplicate_sources_compile_once(cache_dir):
+    a, b = inspect_many([pointwise(xblock=64), pointwise(xblock=64)], "sm_80", progress=False)
+    assert a.ok and b.ok and a.stages == b.stages and a is not b
+
+
+def test_unknown_target_is_a_report_not_an_exception():
+    rep = inspect_source(pointwise(), "sm_75")
+    assert not rep.ok
+    assert "unknown target 'sm_75'" in rep.error
+    for t in ("sm_80", "sm_89", "sm_90", "native"):
+        assert t in rep.error
+    reps = inspect_many([pointwise(), reduction()], "volta", progress=False)
+    assert [r.ok for r in reps] == [False, False] and "valid targets" in reps[1].error
+
+
+def test_native_target_without_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        label, arch, err = resolve_target("native")
+        assert err is None and label == f"sm_{arch}"
+        return
+    rep = inspect_source(pointwise(), "native")
+    assert not rep.ok and "no" in rep.error.lower() and "GPU" in rep.error and "sm_90" in rep.error
+
+
+def test_hang_and_crash_fail_alone(cache_dir):
+    hang = pointwise(source="import time\ntime.sleep(100)\n" + POINTWISE)
+    crash = pointwise(
+        source="import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n" + POINTWISE
+    )
+    ks = [pointwise(xblock=256), hang, crash, reduction(rblock=512), looped(rblock=256)]
+    reps = inspect_many(ks, "sm_80", cache=False, timeout=8, progress=False)
+    assert [r.ok for r in reps] == [True, False, False, True, True], [r.error for r in reps]
+    assert "timed out after 8 s" in reps[1].error
+    assert "crashed" in reps[2].error and "SIGSEGV" in reps[2].error
+    # the pool replaced the dead workers
+    assert inspect_source(pointwise(xblock=128), "sm_80", cache=False).ok
+
+
+def test_import_error_and_missing_kernel(cache_dir):
+    bad_import = pointwise(source="import not_a_module_fusionlab\n" + POINTWISE)
+    wrong_name = KernelSource(
+        name="nope",
+        launcher="x",
+        source=POINTWISE,
+        signature=PW_SIG,
+        constexprs={"XBLOCK": 1024},
+        num_warps=4,
+    )
+    missing_param = KernelSource(
+        name="fused_bias_gelu_0",
+        launcher="x",
+        source=POINTWISE,
+        signature={"in_x": "*fp32"},
+        constexprs={"XBLOCK": 1024},
+        num_warps=4,
+    )
+    a, b, c = inspect_many([bad_import, wrong_name, missing_param], "sm_80", progress=False)
+    assert "importing the kernel module failed" in a.error and "not_a_module_fusionlab" in a.error
+    assert "defines no 'nope'" in b.error
+    assert "in_bias" in c.error and "signature" in c.error
+
+
+def test_missing_binaries(cache_dir, monkeypatch):
+    monkeypatch.setenv("FUSIONLAB_HIDE_NVIDIA_TOOLS", "nvdisasm,cuobjdump")
+    rep = inspect_source(pointwise(xblock=512), "sm_90")
+    assert rep.ok and not rep.cached
+    assert "sass" not in rep.stages and {"ttir", "ttgir", "llir", "ptx"} <= set(rep.stages)
+    assert rep.registers > 0  # from the ptxas log
+    assert any("SASS unavailable" in n and "cuobjdump" in n for n in rep.notes)
+    monkeypatch.setenv("FUSIONLAB_HIDE_NVIDIA_TOOLS", "ptxas,ptxas-blackwell")
+    (r80,) = inspect_many([pointwise(xblock=512)], "sm_80", progress=False)
+    assert (
+        not r80.ok and r80.error.startswith("ptxas not found") and "TRITON_PTXAS_PATH" in r80.error
+    )
+    r90 = inspect_source(pointwise(xblock=512), "sm_90")
+    assert (
+        not r90.ok and "ptxas not found" in r90.error and "TRITON_PTXAS_BLACKWELL_PATH" in r90.error
+    )
+
+
+def test_html_and_text(compiled):
+    rep = compiled["sm_90"]["reduction"]
+    h = rep._repr_html_()
+    assert h.count("<details>") == len(rep.stages) + bool(rep.ptxas_log.strip())
+    assert "<table>" in h and "registers / thread" in h and "modeled" in h
+    assert "&lt;" in h and "tl.sum(x * x, 1)" in h  # escaped ttir/ptx text, readable source
+    assert "<script" not in h
+    t = rep.to_text()
+    assert t.startswith("CompileReport fused_rmsnorm_0 @ sm_90: ok") and "occupancy" in t
+    assert "ptx (" in t and ".entry" not in t  # summary, not the stage texts
+    bad = compiled["sm_80"]["broken"]._repr_html_()
+    assert "FAILED" in bad and "power of 2" in bad
+    # round trip used by the cache
+    assert CompileReport.from_dict(rep.to_dict()) == rep
+
+
+def test_occupancy_model():
+    full = model_occupancy(80, registers=32, shared_mem=0, num_warps=4)
+    assert (full.resident_warps, full.fraction, full.limiter) == (64, 1.0, "warps")
+    # 168 regs -> 5376 per warp -> 12 warps' worth of registers -> 3 blocks of 4 warps
+    regs = model_occupancy(90, registers=168, shared_mem=0, num_warps=4)
+    assert (regs.blocks, regs.resident_warps, regs.limiter) == (3, 12, "registers")
+    # shared memory: (48 KiB + 1 KiB reserved) per block; 100 KiB on sm_89 -> 2 blocks
+    smem = model_occupancy(89, registers=32, shared_mem=48 * 1024, num_warps=8)
+    assert (smem.blocks, smem.resident_warps, smem.limiter) == (2, 16, "shared memory")
+    assert smem.fraction == pytest.approx(16 / 48)
+    assert model_occupancy(80, 32, 200 * 1024, 4).resident_warps == 0  # over the per-block limit
+    assert model_occupancy(75, 32, 0, 4) is None
+
+
+def test_pool_survives_and_is_reused():
+    pool = workers.default_pool(2)
+    assert pool is workers.default_pool(1) and pool.size >= 2
+    assert "WorkerPool" in repr(pool)
