@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import fusionlab  # noqa: E402, I001  (first: decides the Triton interpreter before triton is imported)
 import torch  # noqa: E402
-from fusionlab import zoo  # noqa: E402
+import fusionlab.zoo as zoo  # noqa: E402
 from fusionlab.candidates import find_candidates  # noqa: E402
 from fusionlab.capture import default_loss  # noqa: E402
 from fusionlab.plan import FusionPlan  # noqa: E402

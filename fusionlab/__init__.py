@@ -1,10 +1,47 @@
 """fusionlab: a Jupyter-first kernel-fusion explorer for PyTorch.
 
-capture -> find_candidates -> FusionPlan -> codegen -> build -> backend -> profile.
+The pipeline, one stage a module, plain data between them::
+
+    capture(model, *inputs)   -> Capture        forward/backward ATen graphs + node facts
+    find_candidates(capture)  -> [Candidate]    groups one kernel could compute
+    FusionPlan(capture)       -> selection      select / deselect / summary
+    plan.kernels()            -> [Kernel]       readable Triton, checked against eager
+    plan.compile(model)       -> fused step     torch.compile with the plan's kernels
+
+UI layers (widgets, plots, the ``%fusionlab`` magic) sit on top and are imported lazily.
 """
 
 from . import _env  # noqa: F401  (decides the Triton interpreter before triton is imported)
+from .build import Kernel
+from .candidates import Candidate, Candidates, find_candidates
 from .capture import Capture, CaptureError, capture
+from .plan import FusionPlan, PlanError
 
-__all__ = ["Capture", "CaptureError", "capture"]
+__all__ = [
+    "Candidate", "Candidates", "Capture", "CaptureError", "FusionPlan", "Kernel", "PlanError",
+    "capture", "find_candidates", "load_ipython_extension", "profile", "zoo",
+]
 __version__ = "0.1.0"
+
+
+_LAZY = {"zoo": "fusionlab.zoo", "cost": "fusionlab.cost"}
+_LAZY_ATTR = {"profile": ("fusionlab.profiler", "profile"), "explore": ("fusionlab.widgets", "explore")}
+
+
+def __getattr__(name):
+    # heavier or optional parts load on first use
+    import importlib
+
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
+    if name in _LAZY_ATTR:
+        mod, attr = _LAZY_ATTR[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'fusionlab' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext fusionlab``: registers the ``%fusionlab`` magics (safe to call twice)."""
+    from .magics import load_ipython_extension as _load
+
+    _load(ipython)

@@ -23,24 +23,9 @@ import torch
 import torch.fx
 
 from . import _env
-from .build.kernel import CheckResult, Kernel
+from .build.kernel import KernelStatus, build_kernel
 from .candidates import Candidate, graph_candidates
 from .capture import CapturedGraph, _TrainStep, aten_backend, node_facts
-from .codegen import LoweringError, generate
-
-
-@dataclass
-class KernelStatus:
-    candidate: str
-    kernel: str
-    used: bool
-    reason: str = ""  # why it is not used
-    check: CheckResult | None = None
-
-    def __str__(self) -> str:
-        if self.used:
-            return f"{self.candidate}: fused ({self.check})" if self.check else f"{self.candidate}: fused"
-        return f"{self.candidate}: NOT fused, runs eagerly: {self.reason}"
 
 
 @dataclass
@@ -48,6 +33,7 @@ class BackendReport:
     """What the backend did with each selected candidate, per compiled graph."""
 
     graphs: list[str] = field(default_factory=list)
+    executor: str = "triton"
     kernels: list[KernelStatus] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
 
@@ -60,8 +46,9 @@ class BackendReport:
         return [k for k in self.kernels if not k.used]
 
     def __str__(self) -> str:
+        where = _env.executor_name() if self.executor == "triton" else self.executor
         lines = [f"fusionlab backend: {len(self.used)} kernels in use, {len(self.failed)} left unfused "
-                 f"(executor: {_env.executor_name()})"]
+                 f"(executor: {where})"]
         lines += ["  " + str(k) for k in self.kernels]
         lines += [f"  {u}" for u in self.unmatched]
         return "\n".join(lines)
@@ -85,61 +72,23 @@ def _keyed(cands) -> dict[tuple, Candidate]:
     return out
 
 
-def extract_subgraph(gm: torch.fx.GraphModule, cand: Candidate) -> torch.fx.GraphModule:
-    """The candidate's nodes as a stand-alone GraphModule: inputs -> tuple of outputs (eager)."""
-    g = torch.fx.Graph()
-    nodes = {n.name: n for n in gm.graph.nodes}
-    env: dict[torch.fx.Node, torch.fx.Node] = {}
-    for name in cand.inputs:
-        ph = g.placeholder(name)
-        ph.meta = dict(nodes[name].meta)
-        env[nodes[name]] = ph
-    for name in cand.nodes:
-        n = nodes[name]
-        env[n] = g.node_copy(n, lambda a: env[a])
-    g.output(tuple(env[nodes[o]] for o in cand.outputs))
-    return torch.fx.GraphModule(gm, g)
-
-
-_KERNELS: dict[str, Kernel] = {}  # source digest -> built & checked kernel (per process)
-
-
-def build_kernel(cand: Candidate, graph: CapturedGraph, *, model_name: str = "", validate: bool = True,
-                 seed: int | None = None, **codegen) -> tuple[Kernel | None, KernelStatus]:
-    """Generate, build and check one candidate's kernel. Never raises for a bad kernel."""
-    try:
-        ks = generate(cand, graph, model_name=model_name, **codegen)
-    except LoweringError as e:
-        return None, KernelStatus(cand.id, "", False, f"codegen: {e}")
-    except Exception as e:  # noqa: BLE001 - a codegen bug must not break the user's model
-        return None, KernelStatus(cand.id, "", False, f"codegen failed: {type(e).__name__}: {e}")
-    cached = _KERNELS.get(ks.digest)
-    if cached is not None and cached.check_result is not None:
-        k = cached
-    else:
-        k = Kernel(ks, extract_subgraph(graph.gm, cand))
-        if validate:
-            k.check(seed=seed)
-        _KERNELS[ks.digest] = k
-    res = k.check_result
-    if validate and (res is None or not res.ok):
-        return None, KernelStatus(cand.id, ks.name, False, f"check against eager failed: {res}", res)
-    return k, KernelStatus(cand.id, ks.name, True, "", res)
-
-
-def _kernel_call(kernel: Kernel):
+def _kernel_call(kernel):
     def call(*args):
         return kernel(*args)
 
-    call.__name__ = kernel.name
-    call.__qualname__ = kernel.name
+    name = getattr(kernel, "name", None) or getattr(kernel, "__name__", "fusionlab_group")
+    call.__name__ = name
+    call.__qualname__ = name
     return call
 
 
-def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, Kernel]]) -> torch.fx.GraphModule:
-    """Replace each candidate's nodes by one call of its kernel."""
-    graph = gm.graph
-    nodes = {n.name: n for n in graph.nodes}
+def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, object]]) -> torch.fx.GraphModule:
+    """A copy of `gm` with each candidate's nodes replaced by one call of its kernel."""
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    out = graph.graph_copy(gm.graph, env)
+    graph.output(out)
+    nodes = {old.name: new for old, new in env.items()}
     order = {n: i for i, n in enumerate(graph.nodes)}
     for cand, kernel in chosen:
         members = [nodes[n] for n in cand.nodes]
@@ -147,19 +96,21 @@ def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, Kernel]]) ->
         with graph.inserting_after(last):
             call = graph.call_function(_kernel_call(kernel), tuple(nodes[i] for i in cand.inputs))
         call.meta["fusionlab"] = cand.id
+        order[call] = order[last]
         prev = call
         for k, o in enumerate(cand.outputs):
             with graph.inserting_after(prev):
                 gi = graph.call_function(operator.getitem, (call, k))
             gi.meta["val"] = nodes[o].meta.get("val")
+            order[gi] = order[last]
             nodes[o].replace_all_uses_with(gi)
+            nodes[o] = gi  # later groups that read this output read the kernel's result
             prev = gi
         for m in sorted(members, key=order.__getitem__, reverse=True):
             graph.erase_node(m)
     _stable_toposort(graph)
     graph.lint()
-    gm.recompile()
-    return gm
+    return torch.fx.GraphModule(gm, graph)
 
 
 def _stable_toposort(graph: torch.fx.Graph) -> None:
@@ -187,9 +138,16 @@ def _stable_toposort(graph: torch.fx.Graph) -> None:
         prev = n
 
 
-def make_backend(plan, *, validate: bool = True, seed: int | None = None, **codegen):
-    """A torch.compile backend that runs the plan's selected candidates as fusionlab kernels."""
+def make_backend(plan, *, validate: bool = True, seed: int | None = None, executor=None, **codegen):
+    """A torch.compile backend that runs the plan's selected candidates as fusionlab kernels.
+
+    ``executor(candidate, graph) -> (callable | None, KernelStatus)`` replaces the Triton
+    build for each group (the profiler uses one that compiles each group alone with
+    Inductor's CPU backend); the callable takes the group's inputs and returns a tuple of
+    its outputs.
+    """
     report = BackendReport()
+    report.executor = "triton" if executor is None else getattr(executor, "name", "custom")
     selected_by_graph: dict[str, dict] = {}
     for g in plan.capture.graphs:
         sel = {c.id for c in plan.selected if c.graph == g.tag}
@@ -231,8 +189,11 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, **code
             if cand is None:
                 report.kernels.append(KernelStatus(key[0], "", False, "not found again in the recompiled graph"))
                 continue
-            kernel, status = build_kernel(cand, graph, model_name=plan.capture.model_name,
-                                          validate=validate, seed=seed, **codegen)
+            if executor is not None:
+                kernel, status = executor(cand, graph)
+            else:
+                kernel, status = build_kernel(cand, graph, model_name=plan.capture.model_name,
+                                              validate=validate, seed=seed, **codegen)
             report.kernels.append(status)
             if kernel is not None:
                 chosen.append((cand, kernel))

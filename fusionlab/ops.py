@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch._inductor.inductor_prims  # noqa: F401  (registers prims.fma, prims.inductor_random)

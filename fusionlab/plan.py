@@ -10,8 +10,8 @@ cycle (group A feeds group B which feeds A: no order of kernel launches exists).
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from . import ops
 from .candidates import Candidate, Candidates, _fmt_bytes, find_candidates, node_traffic
@@ -181,7 +181,7 @@ class FusionPlan:
         verts = {vertex(n) for n in index}
         for v in verts:
             indeg.setdefault(v, 0)
-        for v, ws in succ.items():
+        for ws in succ.values():
             for w in ws:
                 indeg[w] = indeg.get(w, 0) + 1
         queue = [v for v in verts if indeg[v] == 0]

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import fusionlab
-from fusionlab import CaptureError, zoo
+import fusionlab.zoo as zoo
+from fusionlab import CaptureError
 from fusionlab.capture import Capture, CapturedGraph, NodeInfo, normalize_module_path
 
 ZOO = ["mlp", "cnn-bn", "gpt2-block", "llama-block", "gpt2-tiny"]
@@ -251,6 +252,22 @@ def test_train_false_captures_inference_only():
     # the model's output is the graph's output: no loss was added
     ops = {i.op for i in cap.graphs[0].nodes.values()}
     assert "aten.pow.Tensor_Scalar" not in ops
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: under no_grad every node has the same seq_nr, so node_facts' seq_nr "
+    "fallback gives root-level nodes (the residual adds) the module of the first node (ln_1)",
+)
+def test_inference_module_paths_match_training(captured):
+    m = zoo.get("gpt2-block")
+    inf = fusionlab.capture(m.model, *m.inputs, train=False).graph("inf0")
+    fw = captured("gpt2-block").graph("fw0")
+    common = [n for n in inf.nodes if n in fw.nodes and inf.nodes[n].op == fw.nodes[n].op]
+    assert len(common) > 50
+    wrong = [(n, inf.nodes[n].module, fw.nodes[n].module) for n in common
+             if inf.nodes[n].module != fw.nodes[n].module]
+    assert not wrong
 
 
 def test_train_false_uses_eval_mode_batch_norm():

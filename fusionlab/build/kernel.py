@@ -30,6 +30,8 @@ import torch
 import torch.fx
 
 from .. import _env
+from ..candidates import Candidate
+from ..capture import CapturedGraph
 from ..codegen.source import KernelSource
 
 TOLERANCES = {
@@ -265,3 +267,61 @@ def compare(got: torch.Tensor, expected: torch.Tensor) -> tuple[bool, float, flo
     max_rel = float((diff / e[finite].abs().clamp_min(1e-30)).max())
     ok = bool((diff <= atol + rtol * e[finite].abs()).all())
     return ok, max_abs, max_rel
+
+
+@dataclass
+class KernelStatus:
+    candidate: str
+    kernel: str
+    used: bool
+    reason: str = ""  # why it is not used
+    check: CheckResult | None = None
+
+    def __str__(self) -> str:
+        if self.used:
+            return f"{self.candidate}: fused ({self.check})" if self.check else f"{self.candidate}: fused"
+        return f"{self.candidate}: NOT fused, runs eagerly: {self.reason}"
+
+
+def extract_subgraph(gm: torch.fx.GraphModule, cand: Candidate) -> torch.fx.GraphModule:
+    """The candidate's nodes as a stand-alone GraphModule: inputs -> tuple of outputs (eager)."""
+    g = torch.fx.Graph()
+    nodes = {n.name: n for n in gm.graph.nodes}
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for name in cand.inputs:
+        ph = g.placeholder(name)
+        ph.meta = dict(nodes[name].meta)
+        env[nodes[name]] = ph
+    for name in cand.nodes:
+        n = nodes[name]
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(tuple(env[nodes[o]] for o in cand.outputs))
+    return torch.fx.GraphModule(gm, g)
+
+
+_KERNELS: dict[str, Kernel] = {}  # source digest -> built & checked kernel (per process)
+
+
+def build_kernel(cand: Candidate, graph: CapturedGraph, *, model_name: str = "", validate: bool = True,
+                 seed: int | None = None, **codegen) -> tuple[Kernel | None, KernelStatus]:
+    """Generate, build and check one candidate's kernel. Never raises for a bad kernel."""
+    from ..codegen import LoweringError, generate
+
+    try:
+        ks = generate(cand, graph, model_name=model_name, **codegen)
+    except LoweringError as e:
+        return None, KernelStatus(cand.id, "", False, f"codegen: {e}")
+    except Exception as e:  # noqa: BLE001 - a codegen bug must not break the user's model
+        return None, KernelStatus(cand.id, "", False, f"codegen failed: {type(e).__name__}: {e}")
+    cached = _KERNELS.get(ks.digest)
+    if cached is not None and cached.check_result is not None:
+        k = cached
+    else:
+        k = Kernel(ks, extract_subgraph(graph.gm, cand))
+        if validate:
+            k.check(seed=seed)
+        _KERNELS[ks.digest] = k
+    res = k.check_result
+    if validate and (res is None or not res.ok):
+        return None, KernelStatus(cand.id, ks.name, False, f"check against eager failed: {res}", res)
+    return k, KernelStatus(cand.id, ks.name, True, "", res)

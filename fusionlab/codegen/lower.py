@@ -81,6 +81,7 @@ class KernelIR:
         self._by_name = {s.name: s for s in self.stmts}
 
 
+_PLACEMENT_KWARGS = {"layout", "device", "pin_memory", "memory_format", "non_blocking", "dtype"}
 _CASTS = (ops.prims.convert_element_type.default, ops.aten._to_copy.default)
 _CONDITION_ARG = {
     ops.aten.where.self: 0, ops.aten.where.ScalarSelf: 0, ops.aten.where.ScalarOther: 0,
@@ -236,7 +237,7 @@ class _Lowerer:
         pw = ops.POINTWISE[node.target]
         deps: list[str] = []
         args = [self._arg(a, deps) for a in node.args]
-        kwargs = {k: self._arg(v, deps) for k, v in node.kwargs.items()}
+        kwargs = {k: self._arg(v, deps) for k, v in node.kwargs.items() if k not in _PLACEMENT_KWARGS}
         out_dtype = _val(node).dtype
         cdt = ops.compute_dtype(out_dtype)
         # float results computed from integer/bool operands: promote the operands first
