@@ -25,7 +25,7 @@ import torch.fx
 from . import _env
 from .build.kernel import KernelStatus, build_kernel
 from .candidates import Candidate, graph_candidates
-from .capture import CapturedGraph, _TrainStep, aten_backend, node_facts
+from .capture import CapturedGraph, _TrainStep, aten_backend, fresh_entry, node_facts
 
 
 @dataclass
@@ -230,7 +230,7 @@ class FusedStep(torch.nn.Module):
         self.step = _TrainStep(model, plan.capture.meta.get("loss_fn"), plan.capture.train)
         self.backend = make_backend(plan, **options)
         self.report: BackendReport = self.backend.report
-        self._compiled = torch.compile(self.step, backend=self.backend, dynamic=False)
+        self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
 
     def forward(self, *inputs):
         if not self.step.train_step:

@@ -331,18 +331,23 @@ class _Finder:
 
     def run(self) -> list[_Group]:
         failed: dict[torch.fx.Node, str] = {}
-        # vertical: each node joins the groups of its producers
-        for n in self.nodes:
-            g = self.group.get(n)
-            if g is None:
-                continue
-            for p in n.all_input_nodes:
-                pg = self.group.get(p)
-                if pg is None or pg is self.group[n]:
+        # vertical: each node joins the groups of its producers. Reductions along rows (the
+        # last dim) pick their producers first, so a row reduction (norm backward) and a
+        # column reduction (its weight gradient) reading one chain give the chain to the row.
+        for rows_first in (True, False):
+            for n in self.nodes:
+                g = self.group.get(n)
+                if g is None:
                     continue
-                why = self.try_merge(pg, self.group[n])
-                if why:
-                    failed.setdefault(n, why)
+                if rows_first and g.rdims is not None and (len(g.domain) - 1) not in g.rdims:
+                    continue
+                for p in n.all_input_nodes:
+                    pg = self.group.get(p)
+                    if pg is None or pg is self.group[n]:
+                        continue
+                    why = self.try_merge(pg, self.group[n])
+                    if why:
+                        failed.setdefault(n, why)
         # horizontal: groups reducing the same rows of a shared input
         for n in self.nodes:
             users = [self.group[u] for u in n.users if u in self.group]
@@ -366,6 +371,20 @@ class _Finder:
 
 
 # --------------------------------------------------------------------------- naming & costs
+
+
+MODULE_NAMES = [  # substring of a module's class name -> pattern name
+    ("RMSNorm", "rms_norm"), ("LayerNorm", "layer_norm"), ("BatchNorm", "batch_norm"),
+    ("GELU", "gelu"), ("Gelu", "gelu"), ("SiLU", "silu"), ("Swish", "silu"), ("Softmax", "softmax"),
+    ("ReLU", "relu"), ("Tanh", "tanh"), ("Sigmoid", "sigmoid"), ("Rotary", "rope"),
+]
+
+
+def _module_component(module_type: str, backward: bool) -> str | None:
+    for key, name in MODULE_NAMES:
+        if key in module_type:
+            return name + ("_backward" if backward else "")
+    return None
 
 
 def _component(node: torch.fx.Node) -> tuple[str, bool]:
@@ -401,13 +420,18 @@ def _is_rms_norm(members: list[torch.fx.Node]) -> bool:
     return False
 
 
-def pattern_name(members: list[torch.fx.Node], backward: bool) -> str:
+def pattern_name(members: list[torch.fx.Node], backward: bool, facts: dict | None = None) -> str:
     comps: list[str] = []
     named = False
     for m in members:
         if m.op != "call_function" or m.target.__class__.__name__ == "builtin_function_or_method":
             continue
         name, is_named = _component(m)
+        if not is_named and facts is not None and m.name in facts and facts[m.name].module:
+            # named after the (non-root) module it came from: RMSNorm, NewGELUActivation ...
+            by_module = _module_component(facts[m.name].module_type, backward)
+            if by_module:
+                name, is_named = by_module, True
         named |= is_named
         if name not in comps:
             comps.append(name)
@@ -417,16 +441,20 @@ def pattern_name(members: list[torch.fx.Node], backward: bool) -> str:
         named = True
     if named:
         keep = []
-        first_named = next(
-            (i for i, c in enumerate(comps) if c in FRIENDLY.values() or c.endswith("_backward") or c == "rms_norm"),
-            0,
-        )
+        first_named = next((i for i, c in enumerate(comps) if _is_named(c)), 0)
         for i, c in enumerate(comps):
-            if c in FRIENDLY.values() or c == "rms_norm" or (i < first_named and c in ("add", "bias")):
+            if _is_named(c) or (i < first_named and c in ("add", "bias")):
                 keep.append(c)
         return "+".join(keep[:4])
     kind = "reduction" if any(ops.kind_of(m) == "reduction" for m in members) else "pointwise"
     return kind
+
+
+_NAMED = set(FRIENDLY.values()) | {n for _, n in MODULE_NAMES} | {"rms_norm"}
+
+
+def _is_named(c: str) -> bool:
+    return c in _NAMED or c.removesuffix("_backward") in _NAMED
 
 
 def _tensor_bytes(node) -> int:
@@ -489,7 +517,7 @@ def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[C
         outputs = [m for m in members if any(u not in mset for u in m.users)]
         # a multi-output reduction is stored through its getitems
         outputs = [o for o in outputs if finder.kind[o] != "reduction" or not _is_multi(o)]
-        pattern = pattern_name(members, graph.kind == "backward")
+        pattern = pattern_name(members, graph.kind == "backward", graph.nodes)
         k = counts.get(pattern, 0)
         counts[pattern] = k + 1
         kernels_unfused, bu, bf = _costs(members, inputs, outputs)

@@ -44,6 +44,7 @@ class NodeInfo:
     nbytes: int
     module: str  # "h.0.mlp.act" ("" when unknown)
     source: str  # "model.py:42  x = self.act(x)" ("" when unknown)
+    module_type: str = ""  # class of that module, "GELU" ("" when unknown)
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.shape)) if self.shape is not None else "-"
@@ -173,6 +174,15 @@ def normalize_module_path(path: str) -> str:
     return path
 
 
+def _module_type_of(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
+    if not stack:
+        return ""
+    _path, cls = list(stack.values())[-1]
+    name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].strip("'>")
+    return "" if name == "_TrainStep" else name
+
+
 def _module_of(node: torch.fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
     if not stack:
@@ -231,8 +241,11 @@ def node_facts(gm: torch.fx.GraphModule) -> dict[str, NodeInfo]:
     for n in gm.graph.nodes:
         shape, dtype, stride, nbytes = _tensor_meta(n.meta.get("val"))
         module = _module_of(n)
-        if not module and "seq_nr" in n.meta and n.meta["seq_nr"] in by_seq:
+        module_type = _module_type_of(n)
+        has_stack = bool(n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack"))
+        if not module and not has_stack and "seq_nr" in n.meta and n.meta["seq_nr"] in by_seq:
             module = _module_of(by_seq[n.meta["seq_nr"]])
+            module_type = _module_type_of(by_seq[n.meta["seq_nr"]])
         facts[n.name] = NodeInfo(
             name=n.name,
             op=ops.op_name(n),
@@ -243,6 +256,7 @@ def node_facts(gm: torch.fx.GraphModule) -> dict[str, NodeInfo]:
             nbytes=nbytes,
             module=module,
             source=_source_of(n),
+            module_type=module_type,
         )
     return facts
 
@@ -266,6 +280,25 @@ class _TrainStep(torch.nn.Module):
         if self.loss_fn is not None:
             return self.loss_fn(out)
         return default_loss(out)
+
+
+_FRESH = [0]
+
+
+def fresh_entry(step: _TrainStep) -> Callable:
+    """``step.forward`` with a code object of its own.
+
+    Dynamo caches compiled graphs per code object and, with nn modules inlined, its guards
+    do not tell two wrappers of equal shape apart; a fresh code object per capture or fused
+    model keeps one's compiled graphs (and backend) from being reused by another.
+    """
+    import types
+
+    _FRESH[0] += 1
+    fn = _TrainStep.forward
+    code = fn.__code__.replace(co_name=f"fusionlab_step_{_FRESH[0]}")
+    fresh = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(fresh, step)
 
 
 def default_loss(out: Any) -> torch.Tensor:
@@ -419,7 +452,8 @@ def capture(
     with preserved_state(model):
         if isinstance(model, torch.nn.Module):
             model.train(train)
-        compiled = torch.compile(step, backend=explain, dynamic=False)
+        entry = fresh_entry(step)
+        compiled = torch.compile(entry, backend=explain, dynamic=False)
         try:
             with contextlib.ExitStack() as stack:
                 if not train:
@@ -437,13 +471,17 @@ def capture(
                             "require grad, or the output does not depend on them "
                             "(capture(..., train=False) captures inference only)"
                         )
-                    out.backward()
+                    # gradients of the leaves, returned rather than accumulated: the model's
+                    # (and inputs') existing .grad stay exactly as they were
+                    leaves = _leaves(out)
+                    if leaves:
+                        torch.autograd.grad(out, leaves, allow_unused=True)
         except CaptureError:
             raise
         except Exception as e:  # noqa: BLE001 - turn deep torch errors into one clear message
             raise CaptureError(_explain_failure(model, e)) from e
         finally:
-            _forget_compiled_code(step)
+            _forget_compiled_code(entry)
     seconds = time.perf_counter() - start
 
     breaks = []
@@ -478,12 +516,29 @@ def capture(
     return cap
 
 
-def _forget_compiled_code(step: _TrainStep) -> None:
-    """Drop dynamo's cache entries for our wrapper so repeated captures never hit its recompile limit."""
+def _leaves(out: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors `out` depends on (through AccumulateGrad nodes of its graph)."""
+    leaves, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if isinstance(var, torch.Tensor):
+            if all(var is not v for v in leaves):
+                leaves.append(var)
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def _forget_compiled_code(entry) -> None:
+    """Drop dynamo's cache entries for a capture's entry point (they are never used again)."""
     try:
         from torch._C._dynamo.eval_frame import reset_code
 
-        reset_code(type(step).forward.__code__)
+        reset_code(entry.__func__.__code__)
     except Exception:  # noqa: BLE001 - private API; a stale entry is harmless
         pass
 
@@ -492,6 +547,13 @@ def _explain_failure(model: Any, e: Exception) -> str:
     name = _model_name(model)
     text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
+    cause = re.search(r"got (\w+Error)\((['\"])(.*?)\2\)", text, re.S)
+    if cause:
+        first = f"{first}: {cause.group(1)}: {cause.group(3)}"
+    user = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text.split("from user code:")[-1]) if "from user code:" in text else []
+    if user:
+        file, line, fn = user[-1]
+        first += f" (at {file.rsplit('/', 1)[-1]}:{line} in {fn})"
     kind = type(e).__name__
     if "Unsupported" in kind or "dynamo" in type(e).__module__:
         return f"TorchDynamo cannot trace {name}: {first}"

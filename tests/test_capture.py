@@ -18,10 +18,15 @@ KINDS = {"pointwise", "reduction", "view", "getitem", "matmul", "opaque", "place
          "constant"}
 
 
-@pytest.fixture(scope="module")
-def captured():
-    """capture(name) -> Capture of a zoo model's training step, once per module."""
-    cache: dict[str, Capture] = {}
+def shared_captures(config) -> dict:
+    """Captures of zoo models, shared by the test modules of one pytest session (keyed by name)."""
+    return config.__dict__.setdefault("_fusionlab_zoo_captures", {})
+
+
+@pytest.fixture
+def captured(request):
+    """captured(name) -> Capture of a zoo model's training step, once per session."""
+    cache: dict[str, Capture] = shared_captures(request.config)
 
     def get(name: str) -> Capture:
         if name not in cache:
@@ -254,11 +259,6 @@ def test_train_false_captures_inference_only():
     assert "aten.pow.Tensor_Scalar" not in ops
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: under no_grad every node has the same seq_nr, so node_facts' seq_nr "
-    "fallback gives root-level nodes (the residual adds) the module of the first node (ln_1)",
-)
 def test_inference_module_paths_match_training(captured):
     m = zoo.get("gpt2-block")
     inf = fusionlab.capture(m.model, *m.inputs, train=False).graph("inf0")
@@ -345,11 +345,6 @@ def test_capture_leaves_rng_state_alone_with_dropout():
     assert torch.equal(torch.rand(5), expected_next)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: preserved_state restores the .grad *objects*, but backward() accumulated "
-    "into them in place, so existing gradients change",
-)
 def test_capture_keeps_existing_gradients():
     m = zoo.get("mlp")
     for p in m.model.parameters():
@@ -359,10 +354,6 @@ def test_capture_keeps_existing_gradients():
     _assert_same(before, _snapshot(m.model))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: capturing a plain callable leaves .grad on the leaf tensors it closes over",
-)
 def test_capture_of_callable_leaves_its_leaves_alone():
     w = torch.randn(8, 8, requires_grad=True)
 
@@ -494,11 +485,6 @@ def test_shape_mismatch_is_a_capture_error():
     _assert_clear(e.value, "Linear")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: _explain_failure keeps only the first line of dynamo's TorchRuntimeError "
-    "('RuntimeError when making fake tensor call'), dropping the real cause",
-)
 def test_shape_mismatch_message_names_the_cause():
     with pytest.raises(CaptureError) as e:
         fusionlab.capture(nn.Linear(8, 8), torch.randn(3, 5))

@@ -81,9 +81,15 @@ def _bert():
     return model, (ids,), lambda out: out.last_hidden_state.pow(2).mean()
 
 
-@pytest.fixture(scope="module")
-def captured():
-    cache: dict[str, Capture] = {}
+def shared_captures(config) -> dict:
+    """Captures of zoo models, shared by the test modules of one pytest session (keyed by name)."""
+    return config.__dict__.setdefault("_fusionlab_zoo_captures", {})
+
+
+@pytest.fixture
+def captured(request):
+    """captured(name) -> Capture of a zoo model's (or tiny BERT's) training step, once per session."""
+    cache: dict[str, Capture] = shared_captures(request.config)
 
     def get(name: str) -> Capture:
         if name not in cache:
@@ -187,7 +193,7 @@ def _mystery_python(x):
 
 @pytest.mark.parametrize(
     "target", [aten.cumsum.default, aten.sort.default, aten.bucketize.Tensor, _mystery_python],
-    ids=str,
+    ids=lambda t: getattr(t, "__name__", str(t)),
 )
 def test_unknown_op_is_opaque_not_an_error(target):
     node = _graph_with(target)

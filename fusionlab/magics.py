@@ -1,0 +1,338 @@
+"""The ``%fusionlab`` / ``%%fusionlab`` IPython magics (``%load_ext fusionlab``).
+
+Line magic::
+
+    %fusionlab profile MODEL [INPUTS] [--steps N] [--warmup N] [--fuse all|none|PATTERN,...]
+                       [--compare eager,fusionlab,inductor] [--gpu h100] [--loss NAME]
+                       [--html PATH] [--trace]
+    %fusionlab kernels          the current plan's kernels: id, pattern, check status
+    %fusionlab plan             the current plan (selection and modeled summary)
+    %fusionlab help
+
+MODEL and INPUTS are names (or expressions) in the notebook's namespace; INPUTS is a
+tensor or a tuple of them. MODEL may be a zoo model, ``zoo:gpt2-block``, and then INPUTS
+is optional. The "current plan" is the last one the magic profiled or created.
+
+Cell magic: ``%%fusionlab profile [--steps N] [--warmup N]`` runs the cell body (say, one
+training step) ``warmup + steps`` times and reports the median and spread of the timed
+runs.
+
+A bad argument prints the usage, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import time
+
+USAGE = """\
+%fusionlab profile MODEL [INPUTS] [--steps N] [--warmup N] [--fuse all|none|PATTERN,...]
+                   [--compare eager,fusionlab,inductor] [--gpu h100|a100|t4|rtx4090]
+                   [--loss NAME] [--html PATH] [--trace]
+%fusionlab kernels          the current plan's kernels (id, pattern, check status)
+%fusionlab plan             the current plan
+%fusionlab help             this text
+%%fusionlab profile [--steps N] [--warmup N]      time the cell body (median, spread)
+
+MODEL, INPUTS: names in the notebook namespace (INPUTS a tensor or a tuple), or
+MODEL = zoo:NAME (a fusionlab.zoo model; then INPUTS is optional)."""
+
+
+class UsageError(Exception):
+    """A bad magic argument: the message is printed with the usage."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # never sys.exit from inside a notebook
+        raise UsageError(message)
+
+    def exit(self, status=0, message=None):
+        raise UsageError(message or "")
+
+
+def _profile_parser() -> _Parser:
+    p = _Parser(prog="%fusionlab profile", add_help=False)
+    p.add_argument("model")
+    p.add_argument("inputs", nargs="?")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--fuse", default="all")
+    p.add_argument("--compare", default="eager,fusionlab,inductor")
+    p.add_argument("--gpu", default="h100")
+    p.add_argument("--loss", default=None)
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--html", default=None)
+    p.add_argument("--trace", action="store_true")
+    return p
+
+
+def _cell_parser() -> _Parser:
+    p = _Parser(prog="%%fusionlab profile", add_help=False)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    return p
+
+
+class CellTiming:
+    """Wall-clock of the runs of a ``%%fusionlab profile`` cell (measured, this machine)."""
+
+    def __init__(self, samples: list[float], warmup: int, device: str):
+        self.samples = samples
+        self.warmup = warmup
+        self.device = device
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples) * 1e3
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples) * 1e3
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.samples) * 1e3
+
+    @property
+    def iqr_ms(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        q = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return (q[2] - q[0]) * 1e3
+
+    def __repr__(self) -> str:
+        return (f"cell: median {self.median_ms:.3f} ms, IQR {self.iqr_ms:.3f} ms, "
+                f"min {self.min_ms:.3f}, max {self.max_ms:.3f} over {len(self.samples)} runs "
+                f"after {self.warmup} warm-up (measured on {self.device})")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(repr(self))}</pre>"
+
+
+class FusionlabExtension:
+    """State of the loaded extension: the current plan and the last profile."""
+
+    def __init__(self, shell):
+        self.shell = shell
+        self.plan = None
+        self.last_result = None
+        self.last_cell = None
+
+    # ------------------------------------------------------------------ entry
+
+    def magic(self, line: str, cell: str | None = None):
+        try:
+            argv = shlex.split(line or "")
+        except ValueError as e:
+            return self._usage(str(e))
+        if not argv or argv[0] in ("help", "-h", "--help"):
+            print(USAGE)
+            return None
+        cmd, rest = argv[0], argv[1:]
+        try:
+            if cell is not None:
+                if cmd != "profile":
+                    raise UsageError(f"the cell magic takes 'profile', not {cmd!r}")
+                return self.profile_cell(rest, cell)
+            if cmd == "profile":
+                return self.profile(rest)
+            if cmd == "kernels":
+                return self.kernels(rest)
+            if cmd == "plan":
+                return self.show_plan(rest)
+            raise UsageError(f"unknown command {cmd!r}")
+        except UsageError as e:
+            return self._usage(str(e))
+        except Exception as e:  # noqa: BLE001 - one readable line, not a traceback
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"fusionlab: error: {type(e).__name__}: {msg}")
+            return None
+
+    def _usage(self, message: str):
+        if message:
+            print(f"fusionlab: {message}")
+        print(USAGE)
+        return None
+
+    # ------------------------------------------------------------------ commands
+
+    def _lookup(self, expr: str, what: str):
+        ns = self.shell.user_ns if self.shell is not None else {}
+        try:
+            return eval(expr, ns)  # noqa: S307 - the user's own notebook namespace
+        except NameError:
+            raise UsageError(f"{what} {expr!r} is not defined in the notebook") from None
+        except SyntaxError:
+            raise UsageError(f"{what} {expr!r} is not a name or expression") from None
+
+    def profile(self, argv: list[str]):
+        args = _profile_parser().parse_args(argv)
+        if args.steps < 1 or args.warmup < 0:
+            raise UsageError("--steps must be >= 1 and --warmup >= 0")
+        from .profiler import VARIANTS, make_plan, profile
+
+        compare = [c.strip() for c in args.compare.split(",") if c.strip()]
+        bad = [c for c in compare if c not in VARIANTS]
+        if bad or not compare:
+            raise UsageError(f"--compare takes {','.join(VARIANTS)}; got {args.compare!r}")
+        from .cost import GPUS, get_gpu
+
+        try:
+            get_gpu(args.gpu)
+        except ValueError:
+            raise UsageError(f"--gpu takes one of {', '.join(GPUS)}; got {args.gpu!r}") from None
+        loss_fn = self._lookup(args.loss, "loss") if args.loss else None
+        name = None
+        if args.model.startswith("zoo:"):
+            from . import zoo
+
+            zname = args.model[4:]
+            if zname not in zoo.names():
+                raise UsageError(f"unknown zoo model {zname!r}; known: {', '.join(zoo.names())}")
+            zm = zoo.get(zname)
+            model, inputs, name = zm.model, zm.inputs, zm.name
+            loss_fn = loss_fn or zm.loss_fn
+            if args.inputs:
+                inputs = self._lookup(args.inputs, "inputs")
+        else:
+            model = self._lookup(args.model, "model")
+            if not args.inputs:
+                raise UsageError("give the inputs: %fusionlab profile MODEL INPUTS")
+            inputs = self._lookup(args.inputs, "inputs")
+        plan = make_plan(model, inputs, loss_fn=loss_fn, fuse=args.fuse)
+        self.plan = plan
+        result = profile(model, inputs, plan=plan, loss_fn=loss_fn, steps=args.steps, warmup=args.warmup,
+                         compare=compare, gpu=args.gpu, optimizer=args.optimizer, trace=args.trace,
+                         model_name=name)
+        self.last_result = result
+        if args.html:
+            path = result.to_html(args.html)
+            print(f"fusionlab: report written to {path}")
+        return result
+
+    def kernels(self, argv: list[str]):
+        if argv:
+            raise UsageError(f"'kernels' takes no arguments, got {' '.join(argv)}")
+        if self.plan is None:
+            print("fusionlab: no current plan yet: run %fusionlab profile MODEL INPUTS first")
+            return None
+        return KernelTable.from_plan(self.plan, self.last_result)
+
+    def show_plan(self, argv: list[str]):
+        if argv:
+            raise UsageError(f"'plan' takes no arguments, got {' '.join(argv)}")
+        if self.plan is None:
+            print("fusionlab: no current plan yet: run %fusionlab profile MODEL INPUTS first")
+        return self.plan
+
+    def profile_cell(self, argv: list[str], cell: str):
+        args = _cell_parser().parse_args(argv)
+        if args.steps < 1 or args.warmup < 0:
+            raise UsageError("--steps must be >= 1 and --warmup >= 0")
+        import torch
+
+        code = compile(cell, "<%%fusionlab cell>", "exec")
+        ns = self.shell.user_ns if self.shell is not None else {}
+        cuda = torch.cuda.is_available()
+        samples = []
+        for i in range(args.warmup + args.steps):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            exec(code, ns)  # noqa: S102 - the user's own cell
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                samples.append(time.perf_counter() - t0)
+        device = f"cuda ({torch.cuda.get_device_name()})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
+        self.last_cell = CellTiming(samples, args.warmup, device)
+        return self.last_cell
+
+
+class KernelTable:
+    """The current plan's kernels: id, pattern, whether each ran fused and its check."""
+
+    def __init__(self, rows: list[tuple], executor: str):
+        self.rows = rows  # (id, pattern, nodes, status, detail)
+        self.executor = executor
+
+    @classmethod
+    def from_plan(cls, plan, result=None) -> KernelTable:
+        statuses = {}
+        executor = "not built yet (profile the plan, or plan.kernels())"
+        if result is not None:
+            try:
+                v = result.variant("fusionlab")
+            except KeyError:
+                v = None
+            if v is not None and v.report is not None and result.plan is plan:
+                statuses = {s.candidate: s for s in v.report.kernels}
+                executor = v.executor
+        rows = []
+        for c in plan.selected:
+            s = statuses.get(c.id)
+            if s is None:
+                status, detail = "not checked", ""
+            elif s.used:
+                status = "ok, fused"
+                chk = s.check
+                detail = (f"max abs err {chk.max_abs:.2g}, max rel err {chk.max_rel:.2g}" if chk is not None
+                          and not chk.error else "")
+            else:
+                status, detail = "NOT fused", s.reason
+            rows.append((c.id, c.pattern, len(c.nodes), status, detail))
+        return cls(rows, executor)
+
+    def __repr__(self) -> str:
+        lines = [f"{len(self.rows)} kernels of the current plan (executor: {self.executor})",
+                 f"{'id':38} {'pattern':28} {'nodes':>5}  check"]
+        for cid, pat, n, status, detail in self.rows:
+            lines.append(f"{cid:38} {pat:28} {n:5d}  {status}" + (f" ({detail})" if detail else ""))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in self.rows
+        )
+        return (f"<b>{len(self.rows)} kernels</b> (executor: {html.escape(self.executor)})<table><tr><th>id</th>"
+                "<th>pattern</th><th>nodes</th><th>check</th><th>detail</th></tr>" + body + "</table>")
+
+
+def _make_magics_class():
+    from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+    @magics_class
+    class FusionlabMagics(Magics):
+        def __init__(self, shell, ext: FusionlabExtension):
+            super().__init__(shell)
+            self.ext = ext
+
+        @line_cell_magic
+        def fusionlab(self, line, cell=None):
+            return self.ext.magic(line, cell)
+
+    FusionlabMagics.fusionlab.__doc__ = __doc__
+    return FusionlabMagics
+
+
+def load_ipython_extension(ipython) -> FusionlabExtension:
+    """Register ``%fusionlab`` and ``%%fusionlab``; loading twice keeps the same state."""
+    ext = getattr(ipython, "_fusionlab_extension", None)
+    if ext is None:
+        ext = FusionlabExtension(ipython)
+        ipython._fusionlab_extension = ext
+    magics = _make_magics_class()(ipython, ext)
+    ipython.register_magics(magics)
+    return ext
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext fusionlab``: the magics stay registered but the state is dropped."""
+    if hasattr(ipython, "_fusionlab_extension"):
+        del ipython._fusionlab_extension

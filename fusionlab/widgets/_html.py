@@ -1,0 +1,91 @@
+"""Small HTML snippets the explorer's panes are made of (no widgets here)."""
+
+from __future__ import annotations
+
+import html
+
+OK = "#047857"
+BAD = "#b91c1c"
+MUTED = "#6b7280"
+
+
+def code_html(source: str) -> str:
+    """Python source as highlighted HTML (pygments when present, plain otherwise)."""
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        body = highlight(source, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+    except ImportError:
+        body = html.escape(source)
+    return (
+        '<pre style="font-size:12px;line-height:1.35;max-height:520px;overflow:auto;'
+        f'background:#f9fafb;border:1px solid #e5e7eb;padding:8px;margin:0">{body}</pre>'
+    )
+
+
+def message(text: str, kind: str = "info") -> str:
+    color = {"info": MUTED, "ok": OK, "error": BAD}[kind]
+    bg = {"info": "transparent", "ok": "#ecfdf5", "error": "#fef2f2"}[kind]
+    border = f"border-left:4px solid {color};padding:4px 8px;" if kind != "info" else ""
+    return f'<div style="color:{color};background:{bg};{border}font-size:13px">{html.escape(text)}</div>'
+
+
+def check_html(result) -> str:
+    """A Kernel.check() result: ok / mismatch with the largest error."""
+    if result is None:
+        return message("not checked yet: press 'check against PyTorch'", "info")
+    if result.error:
+        return message(f"FAILED: {result.error}", "error")
+    verdict = "ok" if result.ok else "MISMATCH"
+    text = (f"{verdict}: max abs error {result.max_abs:.3g}, max rel error {result.max_rel:.3g}"
+            f"{' (in ' + result.worst_output + ')' if result.worst_output else ''}; "
+            f"{result.dtype}, {result.executor}, {result.seconds:.2f}s")
+    return message(text, "ok" if result.ok else "error")
+
+
+def statuses_html(statuses) -> str:
+    """KernelSet.statuses as a table: which selected candidates became checked kernels."""
+    rows = []
+    for st in statuses:
+        res = st.check
+        if st.used:
+            cell = f'<span style="color:{OK}">ok</span>'
+            err = f"{res.max_abs:.2g}" if res is not None else ""
+        else:
+            cell = f'<span style="color:{BAD}">runs eagerly</span>'
+            err = html.escape(st.reason)
+        rows.append(f"<tr><td><code>{html.escape(st.candidate)}</code></td><td>{cell}</td>"
+                    f"<td>{err}</td></tr>")
+    if not rows:
+        return message("no candidates selected", "info")
+    return ('<table style="font-size:12px"><tr><th align="left">candidate</th><th align="left">'
+            'kernel</th><th align="left">max abs error / reason</th></tr>' + "".join(rows) + "</table>")
+
+
+def summary_html(summary) -> str:
+    """A PlanSummary as a small before/after table, labelled modeled."""
+    def fmt(n):
+        from ..candidates import _fmt_bytes
+
+        return _fmt_bytes(n)
+
+    rows = "".join(
+        f"<tr><td>{html.escape(tag)}</td><td align='right'>{kb}</td><td align='right'>{ka}</td>"
+        f"<td align='right'>{fmt(bb)}</td><td align='right'>{fmt(ba)}</td></tr>"
+        for tag, (kb, ka, bb, ba) in summary.per_graph.items()
+    )
+    ratio = f" ({summary.bytes_after / summary.bytes_before:.0%})" if summary.bytes_before else ""
+    return (
+        f"<div style='font-size:13px'><b>Plan summary: modeled</b> "
+        f"<span style='color:{MUTED}'>(counted from the graphs: each op alone reads its inputs and "
+        "writes its result; a fused kernel reads and writes each group boundary once. "
+        "Nothing here is measured.)</span><br>"
+        f"{summary.selected} of {summary.candidates} candidates selected; kernels per step "
+        f"<b>{summary.kernels_before} &rarr; {summary.kernels_after}</b> "
+        f"({summary.matmul_kernels} matmuls unchanged); bytes per step "
+        f"<b>{fmt(summary.bytes_before)} &rarr; {fmt(summary.bytes_after)}</b>{ratio}</div>"
+        "<table style='font-size:12px'><tr><th>graph</th><th>kernels before</th><th>after</th>"
+        f"<th>bytes before</th><th>after</th></tr>{rows}</table>"
+    )

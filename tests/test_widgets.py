@@ -1,0 +1,160 @@
+"""The explorer, tested by its state (no browser): checkboxes drive the plan, panes follow."""
+
+import dataclasses
+import html
+import re
+import sys
+import types
+
+import pytest
+
+import fusionlab
+from fusionlab import zoo
+from fusionlab.candidates import Candidates
+
+pytest.importorskip("ipywidgets")
+from fusionlab.widgets import Explorer, _explorer, explore  # noqa: E402
+
+
+def text(widget) -> str:
+    """What a reader sees in an HTML widget: tags stripped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", widget.value))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return zoo.get("mlp")
+
+
+@pytest.fixture(scope="module")
+def cap(mlp):
+    return fusionlab.capture(mlp.model, *mlp.inputs, loss_fn=mlp.loss_fn)
+
+
+@pytest.fixture
+def ex(mlp, cap):
+    return explore(mlp.model, *mlp.inputs, capture=cap)
+
+
+def test_explore_from_zoo_name_captures():
+    ex = explore("mlp")
+    assert ex.plan.capture.model_name == "MLPClassifier"
+    assert set(ex.checkboxes) == {c.id for c in ex.plan.candidates}
+    assert ex.inputs and ex.model is not None
+
+
+def test_checkboxes_drive_the_plan(ex):
+    a, b = ex.plan.candidates[0].id, ex.plan.candidates[1].id
+    ex.checkboxes[a].value = True
+    assert [c.id for c in ex.plan.selected] == [a]
+    ex.checkboxes[b].value = True
+    assert {c.id for c in ex.plan.selected} == {a, b}
+    ex.checkboxes[a].value = False
+    assert [c.id for c in ex.plan.selected] == [b]
+    assert "deselected" in text(ex.message)
+
+
+def test_select_all_and_clear_buttons(ex):
+    ex.select_all_button.click()
+    assert len(ex.plan.selected) == len(ex.plan.candidates)
+    assert all(cb.value for cb in ex.checkboxes.values())
+    ex.clear_button.click()
+    assert ex.plan.selected == []
+    assert not any(cb.value for cb in ex.checkboxes.values())
+
+
+def test_refused_selection_shows_plan_error_and_reverts(cap):
+    base = fusionlab.find_candidates(cap)
+    dup = dataclasses.replace(base[0], id=base[0].id + ".copy")  # same nodes: overlaps base[0]
+    plan = fusionlab.FusionPlan(cap, Candidates([*base, dup], capture=cap))
+    ex = Explorer(cap, plan)
+    ex.checkboxes[base[0].id].value = True
+    ex.checkboxes[dup.id].value = True
+    assert ex.checkboxes[dup.id].value is False  # reverted
+    assert ex.checkboxes[base[0].id].value is True
+    assert [c.id for c in plan.selected] == [base[0].id]
+    msg = text(ex.message)
+    assert msg.startswith("refused") and "overlap" in msg
+    ex.select_all_button.click()  # also refused: the copy overlaps
+    assert [c.id for c in plan.selected] == [base[0].id]
+    assert not ex.checkboxes[dup.id].value
+
+
+def test_kernel_pane_shows_triton_source_and_checks(ex):
+    cid = next(c.id for c in ex.plan.candidates if c.pattern == "gelu")
+    ex.code_buttons[cid].click()
+    assert ex.kernel_choice.value == cid and ex.tabs.selected_index == 1
+    shown = text(ex.kernel_source)
+    assert "@triton.jit" in shown and "@triton.jit" in ex.kernel_text
+    assert "aten.erf" in shown
+    assert "not checked" in text(ex.check_result)
+    ex.check_button.click()
+    assert text(ex.check_result).startswith("ok")
+    assert ex.kernel(cid).check_result.ok
+
+
+def test_check_selected_builds_plan_kernels(ex):
+    cid = ex.plan.candidates[0].id
+    ex.checkboxes[cid].value = True
+    kernel_set = ex.check_selected()
+    assert len(kernel_set.statuses) == 1
+    assert cid in text(ex.statuses) and "ok" in text(ex.statuses)
+
+
+def test_summary_pane_follows_selection(ex):
+    before = text(ex.summary_html)
+    assert "modeled" in before and f"0 of {len(ex.plan.candidates)}" in before
+    cid = ex.plan.candidates[0].id
+    ex.checkboxes[cid].value = True
+    after = text(ex.summary_html)
+    assert after != before and f"1 of {len(ex.plan.candidates)}" in after
+    s = ex.plan.summary()
+    assert f"{s.kernels_before} → {s.kernels_after}" in after
+    fig = ex.figures["summary"]
+    assert fig.data[1].y[-1] == s.kernels_after
+    assert ex.summary_chart.outputs[0]["data"]["application/vnd.plotly.v1+json"]["data"]
+    if ex.gpu.options:  # fusionlab.cost present: the step is also modeled on a GPU spec
+        assert "modeled (" in after and "ms" in after
+
+
+def test_graph_pane_draws_on_demand_and_highlights(ex):
+    assert ex.graph_panes["fw0"].value == ""  # drawn when its tab is shown
+    ex.show_graph("fw0")
+    cid = next(c.id for c in ex.plan.candidates if c.graph == "fw0")
+    assert cid in ex.graph_panes["fw0"].value
+    ex.checkboxes[cid].value = True  # the visible graph is redrawn with the selection
+    assert f"[x] {cid}" in text(ex.graph_panes["fw0"]) or "&#9745;" in ex.graph_panes["fw0"].value
+
+
+def test_display_protocols(ex):
+    bundle = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert ex.ui.children[-1] is ex.tabs
+    assert "MLPClassifier" in repr(ex)
+
+
+def test_profile_pane_uses_profiler_when_present(ex, monkeypatch):
+    calls = {}
+
+    class Result:
+        def table(self):
+            return "step  unfused  fused\ncpu   1.0 ms   0.5 ms"
+
+        def figure(self):
+            import plotly.graph_objects as go
+
+            return go.Figure(go.Bar(x=["unfused", "fused"], y=[1.0, 0.5]))
+
+    def profile(model, inputs, plan=None):
+        calls["args"] = (model, inputs, plan)
+        return Result()
+
+    fake = types.ModuleType("fusionlab.profiler")
+    fake.profile = profile
+    monkeypatch.setitem(sys.modules, "fusionlab.profiler", fake)
+    monkeypatch.setattr(_explorer, "has_profiler", lambda: True)
+    result = ex.profile()
+    assert isinstance(result, Result)
+    assert calls["args"][2] is ex.plan and calls["args"][1] == ex.inputs
+    assert "fused" in text(ex.profile_html)
+    assert ex.figures["profile"].data
