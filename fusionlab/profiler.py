@@ -186,6 +186,7 @@ class ProfileResult:
                 "max ms": v.max_ms,
                 "speed-up vs eager": self.ratio(v.name),
                 "kernels/step": v.kernels_per_step,
+                "kernels counted from": v.kernels_how,
                 "peak memory MiB": None if v.peak_memory is None else v.peak_memory / 2**20,
                 "loss rel diff vs eager": self.loss_rel_diff(v.name) if v.name != "eager" else 0.0,
                 "first step s": v.first_step_s,
@@ -278,6 +279,15 @@ class ProfileResult:
 
 
 _FRESH = itertools.count()
+_FWD_BWD = "fusionlab.profile: forward+backward"
+# ATen ops that launch no compute kernel: views, metadata, allocation
+_NO_KERNEL = {
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "expand_as", "as_strided",
+    "unsqueeze", "squeeze", "alias", "detach", "detach_", "slice", "select", "split", "split_with_sizes",
+    "unbind", "chunk", "narrow", "view_as", "empty", "empty_like", "empty_strided", "resize_", "lift_fresh",
+    "contiguous", "_reshape_alias", "unflatten", "flatten", "numpy_T", "_to_copy_noop", "set_", "to",
+    "_has_compatible_shallow_copy_type", "is_nonzero", "item", "_local_scalar_dense", "result_type",
+}
 
 
 def _fresh_step(model, loss_fn, train: bool = True) -> _TrainStep:
@@ -326,9 +336,16 @@ class _Variant:
         self.executor = None
         self.backend = None
 
-    def step(self):
-        loss = self.fn(*self.inputs)
-        loss.backward()
+    def step(self, mark: bool = False):
+        if mark:  # a torch.profiler range around forward + backward (the kernel count's window)
+            from torch.profiler import record_function
+
+            with record_function(_FWD_BWD):
+                loss = self.fn(*self.inputs)
+                loss.backward()
+        else:
+            loss = self.fn(*self.inputs)
+            loss.backward()
         if self.opt is not None:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -552,9 +569,9 @@ def profile(
                 notes.append(f"fusionlab: {len(rep.failed)} selected group(s) ran unfused: "
                              + "; ".join(f"{s.candidate}: {s.reason}" for s in rep.failed[:5]))
 
-    notes.append("kernels/step: forward + backward launches (the optimizer step, the same in every "
-                 "variant, is not counted); eager and fusionlab from the captured graphs, inductor "
-                 "from its generated code")
+    notes.append("kernels/step: forward + backward only (the optimizer step, the same in every variant, "
+                 "is not counted); " + "; ".join(f"{v.name}: {v.result.kernels_how}" for v in variants
+                                                 if v.result.kernels_how))
     if not cuda:
         notes.append("peak memory: largest CPU allocator total above the step's start, from "
                      "torch.profiler memory events of one profiled step")
@@ -620,9 +637,14 @@ def _profiled_steps(live: list[_Variant], cuda: bool, trace) -> str | None:
                 base = torch.cuda.memory_allocated()
             with tprofile(activities=acts, profile_memory=not cuda) as prof:
                 with record_function(f"fusionlab.profile: {v.name} step"):
-                    v.step()
+                    v.step(mark=True)
                 if cuda:
                     torch.cuda.synchronize()
+            if not cuda and v.name == "eager":
+                n = _count_aten_kernels(prof)
+                if n is not None:
+                    v.result.kernels_per_step = n
+                    v.result.kernels_how = "ATen compute ops in one profiled step (torch.profiler)"
             if cuda:
                 v.result.peak_memory = torch.cuda.max_memory_allocated() - base
                 v.result.peak_memory_how = "torch.cuda.max_memory_allocated above the step's start"
@@ -651,6 +673,28 @@ def _profiled_steps(live: list[_Variant], cuda: bool, trace) -> str | None:
         _env.debug(1, f"Chrome trace failed: {e}")
         return None
     return path
+
+
+def _count_aten_kernels(prof) -> int | None:
+    """Leaf ATen ops that compute (no views/allocations) inside the forward+backward range."""
+    try:
+        events = list(prof.events())
+        window = [e for e in events if e.name == _FWD_BWD]
+        if not window:
+            return None
+        lo, hi = window[0].time_range.start, window[0].time_range.end
+        n = 0
+        for e in events:
+            if not e.name.startswith("aten::") or not (lo <= e.time_range.start <= hi):
+                continue
+            if any(c.name.startswith("aten::") for c in e.cpu_children):
+                continue
+            if e.name[len("aten::"):] in _NO_KERNEL:
+                continue
+            n += 1
+        return n
+    except Exception:  # noqa: BLE001 - best effort
+        return None
 
 
 def _top_kernels(r: VariantResult, prof, cuda: bool) -> None:

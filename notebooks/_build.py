@@ -433,13 +433,14 @@ ex.plan.summary()  # the same numbers as the summary tab (modeled)
 """),
     code("""
 cid = ex.plan.selected[0].id
-ex.show_kernel(cid)  # what the 'code' button does
-print(ex.kernel_text[:600])
+ex.show_kernel(cid)  # what the 'code' button does: the kernel tab now shows this source
+src = ex.kernel_text
+print(src[src.index("@triton.jit\\ndef fused_"):src.index("def _check")])
 print(ex.check())    # what 'check against PyTorch' does
 """),
     code("""
-ex.show_graph("bw0")  # draw the backward graph tab with the selected candidates highlighted
-ex.tabs.selected_index
+ex.show_graph("bw0")  # what clicking the 'bw0 graph' tab does: draw it, selection highlighted
+print("the explorer now shows:", ex.tabs.get_title(ex.tabs.selected_index))
 """),
     md("""
 ## Profile (measured)

@@ -71,9 +71,10 @@ def plan_figure(plan_or_summary, title: str | None = None, gpu: str | None = Non
     modeled = _modeled_ms(plan_or_summary, gpu) if gpu else None
     if modeled is not None:
         label, before, after = modeled
-        panels.append((f"ms per step, {label}", "ms", "%{y:.3f}", [before], [after]))
+        panels.append((f"ms per step<br>{label}", "ms", "%{y:.3f}", [before], [after]))
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels],
-                        column_widths=[1.0, 1.0, 0.5][: len(panels)])
+                        column_widths=[1.0, 1.0, 0.6][: len(panels)])
+    fig.update_annotations(font_size=13)
     for col, (_t, unit, fmt, before, after) in enumerate(panels, start=1):
         x = tags if len(before) == len(tags) else ["total"]
         fig.add_trace(go.Bar(x=x, y=before, name="unfused", marker_color=BEFORE,
@@ -85,7 +86,7 @@ def plan_figure(plan_or_summary, title: str | None = None, gpu: str | None = Non
     fig.update_layout(
         title=title or f"Plan summary (modeled): {s.selected} of {s.candidates} candidates selected",
         barmode="group", height=340, template="plotly_white",
-        margin={"l": 10, "r": 10, "t": 70, "b": 30},
+        margin={"l": 10, "r": 10, "t": 90, "b": 30},
         legend={"orientation": "h", "y": -0.15},
     )
     return fig

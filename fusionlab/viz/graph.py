@@ -11,6 +11,7 @@ collapsed into dashed edges, and past ``max_nodes`` the drawing is cut with a no
 from __future__ import annotations
 
 import html
+import re
 import shutil
 
 KIND_STYLE = {
@@ -56,9 +57,10 @@ def _layout(graph, candidates, max_nodes: int, collapse_views: bool | None):
     if collapse_views is None:
         collapse_views = len(nodes) > min(AUTO_COLLAPSE, max_nodes)
     kind = {n.name: graph.nodes[n.name].kind for n in nodes}
-    hidden = set()
+    # the output node would pull an edge from every saved tensor: outputs get a double border
+    hidden = {n.name for n in nodes if n.op == "output"}
     if collapse_views:
-        hidden = {n.name for n in nodes if kind[n.name] in ("view", "getitem") and n.name not in owner}
+        hidden |= {n.name for n in nodes if kind[n.name] in ("view", "getitem") and n.name not in owner}
 
     def sources(n):
         """Drawn producers of `n`, looking through hidden views."""
@@ -71,8 +73,8 @@ def _layout(graph, candidates, max_nodes: int, collapse_views: bool | None):
 
     shown = [n for n in nodes if n.name not in hidden]
     note = ""
-    if hidden:
-        note = f"{len(hidden)} view nodes collapsed into dashed edges"
+    if len(hidden) > 1:
+        note = f"{len(hidden) - 1} view nodes collapsed into dashed edges"
     if len(shown) > max_nodes:
         note = (note + "; " if note else "") + (
             f"showing the first {max_nodes} of {len(shown)} nodes (max_nodes={max_nodes})"
@@ -113,11 +115,16 @@ def graph_dot(capture_graph, candidates=None, selected=(), max_nodes: int = 400,
         title += f"\n{note}"
     dot.attr(label=title, labelloc="t")
 
+    outputs = {a.name for n in graph.gm.graph.nodes if n.op == "output" for a in n.all_input_nodes}
+
     def add_node(g, n):
         info = graph.nodes[n.name]
         style = dict(KIND_STYLE.get(info.kind, KIND_STYLE["opaque"]))
         label = f"{short_op(info.op)}\n{n.name} {_shape_text(info)}".strip()
         tip = repr(info) + (f"\n{info.source}" if info.source else "")
+        if n.name in outputs:
+            style["peripheries"] = "2"
+            tip += "\n(an output of the graph)"
         g.node(n.name, label=label, tooltip=tip, **style)
 
     by_cand: dict[str, list] = {}
@@ -175,15 +182,23 @@ def legend_html() -> str:
         for k in LEGEND
     )
     return (f'<div style="font-size:12px;margin:4px 0">{chips}<span style="color:{SELECTED["color"]}">'
-            "&#9632; selected candidate</span>, dashed box: candidate not selected</div>")
+            "&#9632; selected candidate</span>, dashed box: candidate not selected, double border: "
+            "graph output (hover a node for its module and source line)</div>")
 
 
 def graph_html(capture_graph, candidates=None, selected=(), max_nodes: int = 400,
-               collapse_views: bool | None = None, max_height: str = "640px") -> str:
-    """HTML for a notebook: the SVG drawing, or a list of clusters plus the DOT text without ``dot``."""
+               collapse_views: bool | None = None, max_height: str = "720px", fit: bool = True) -> str:
+    """HTML for a notebook: the SVG drawing, or a list of clusters plus the DOT text without ``dot``.
+
+    ``fit=True`` scales a drawing wider than the page down to its width (hover for details);
+    ``fit=False`` keeps it at full size in a scrolled box.
+    """
     dot = graph_dot(capture_graph, candidates, selected, max_nodes, collapse_views)
     svg = graph_svg(dot)
     if svg is not None:
+        if fit:
+            svg = re.sub(r'<svg width="[^"]*" height="[^"]*"',
+                         '<svg style="max-width:100%;height:auto"', svg, count=1)
         return (legend_html() + f'<div style="overflow:auto;max-height:{max_height};'
                 f'border:1px solid #e5e7eb">{svg}</div>')
     return legend_html() + fallback_html(capture_graph, candidates, selected, dot.source)

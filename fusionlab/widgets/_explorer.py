@@ -141,8 +141,11 @@ class Explorer:
 
         # graphs
         self.collapse_views = w.Checkbox(value=collapse_views, description="collapse views",
-                                         indent=False)
-        self.collapse_views.observe(lambda _c: self._graphs_changed(), names="value")
+                                         indent=False, layout=w.Layout(width="140px"))
+        self.fit_width = w.Checkbox(value=True, description="fit to width", indent=False,
+                                    layout=w.Layout(width="140px"))
+        for box in (self.collapse_views, self.fit_width):
+            box.observe(lambda _c: self._graphs_changed(), names="value")
         self.graph_panes = {g.tag: w.HTML() for g in cap.graphs}
         self._stale_graphs = set(self.graph_panes)
 
@@ -162,12 +165,11 @@ class Explorer:
                 "fusionlab.profiler is not installed in this environment: no measurements.")
             profile_tab = w.VBox([self.profile_html])
 
-        names = {"forward": "forward", "backward": "backward", "inference": "inference"}
-        graph_tabs = [w.VBox([self.collapse_views, self.graph_panes[g.tag]]) for g in cap.graphs]
+        graph_tabs = [w.VBox([w.HBox([self.collapse_views, self.fit_width]), self.graph_panes[g.tag]])
+                      for g in cap.graphs]
         self._tab_graph = {2 + i: g.tag for i, g in enumerate(cap.graphs)}
         self.tabs = w.Tab(children=[summary_tab, kernel_tab, *graph_tabs, profile_tab])
-        titles = ["plan summary (modeled)", "kernel", *(f"{names[g.kind]} {g.tag}" for g in cap.graphs),
-                  "profile"]
+        titles = ["summary", "kernel", *(f"{g.tag} graph" for g in cap.graphs), "profile"]
         for i, t in enumerate(titles):
             self.tabs.set_title(i, t)
         self.tabs.observe(lambda _c: self._render_visible_graph(), names="selected_index")
@@ -269,7 +271,7 @@ class Explorer:
 
         try:
             value = graph_html(self.capture.graph(tag), self.plan.candidates, self.plan.selected,
-                               collapse_views=self.collapse_views.value)
+                               collapse_views=self.collapse_views.value, fit=self.fit_width.value)
         except ImportError as e:
             value = _html.message(f"the graph view needs the graphviz package ({e})", "error")
         self.graph_panes[tag].value = value
@@ -329,7 +331,7 @@ class Explorer:
             self.check_result.value = ""
             return
         self.kernel_text = k.source.source
-        self.kernel_source.value = _html.code_html(self.kernel_text)
+        self.kernel_source.value = _html.kernel_html(self.kernel_text, k.name)
         self.check_result.value = _html.check_html(k.check_result)
 
     def check(self, cid: str | None = None):

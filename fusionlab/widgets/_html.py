@@ -25,6 +25,18 @@ def code_html(source: str) -> str:
     )
 
 
+def kernel_html(source: str, name: str) -> str:
+    """The kernel and its launcher first (after the module docstring); the whole module folded."""
+    start = source.find(f"@triton.jit\ndef {name}(")
+    if start < 0:
+        return code_html(source)
+    doc_end = source.find('"""', 3) + 3 if source.startswith('"""') else 0
+    shown = (source[:doc_end] + "\n\n# (imports and @triton.jit helpers: 'whole module' below)\n\n"
+             + source[start:])
+    return (code_html(shown) + "<details><summary style='font-size:12px'>whole module "
+            f"({len(source.splitlines())} lines, importable as is)</summary>{code_html(source)}</details>")
+
+
 def message(text: str, kind: str = "info") -> str:
     color = {"info": MUTED, "ok": OK, "error": BAD}[kind]
     bg = {"info": "transparent", "ok": "#ecfdf5", "error": "#fef2f2"}[kind]
@@ -71,11 +83,13 @@ def summary_html(summary) -> str:
 
         return _fmt_bytes(n)
 
+    td = "<td style='text-align:right;padding:1px 12px'>"
     rows = "".join(
-        f"<tr><td>{html.escape(tag)}</td><td align='right'>{kb}</td><td align='right'>{ka}</td>"
-        f"<td align='right'>{fmt(bb)}</td><td align='right'>{fmt(ba)}</td></tr>"
+        f"<tr><td style='padding:1px 12px'>{html.escape(tag)}</td>{td}{kb}</td>{td}{ka}</td>"
+        f"{td}{fmt(bb)}</td>{td}{fmt(ba)}</td></tr>"
         for tag, (kb, ka, bb, ba) in summary.per_graph.items()
     )
+    th = "<th style='text-align:right;padding:1px 12px'>"
     ratio = f" ({summary.bytes_after / summary.bytes_before:.0%})" if summary.bytes_before else ""
     return (
         f"<div style='font-size:13px'><b>Plan summary: modeled</b> "
@@ -86,6 +100,7 @@ def summary_html(summary) -> str:
         f"<b>{summary.kernels_before} &rarr; {summary.kernels_after}</b> "
         f"({summary.matmul_kernels} matmuls unchanged); bytes per step "
         f"<b>{fmt(summary.bytes_before)} &rarr; {fmt(summary.bytes_after)}</b>{ratio}</div>"
-        "<table style='font-size:12px'><tr><th>graph</th><th>kernels before</th><th>after</th>"
-        f"<th>bytes before</th><th>after</th></tr>{rows}</table>"
+        "<table style='font-size:12px;border-collapse:collapse;margin:4px 0'><tr>"
+        f"<th style='padding:1px 12px'>graph</th>{th}kernels unfused</th>{th}with plan</th>"
+        f"{th}bytes unfused</th>{th}with plan</th></tr>{rows}</table>"
     )

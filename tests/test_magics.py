@@ -1,0 +1,112 @@
+"""Tests for the %fusionlab / %%fusionlab magics through a real IPython shell."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("IPython")
+
+from IPython.testing.globalipapp import get_ipython  # noqa: E402
+
+import fusionlab  # noqa: E402
+from fusionlab import zoo  # noqa: E402
+from fusionlab.magics import USAGE, CellTiming, KernelTable  # noqa: E402
+from fusionlab.profiler import ProfileResult  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = get_ipython()
+    fusionlab.load_ipython_extension(shell)
+    fusionlab.load_ipython_extension(shell)  # loading twice is harmless
+    return shell
+
+
+def test_load_twice_keeps_one_state(ip):
+    ext = ip._fusionlab_extension
+    ip.run_line_magic("load_ext", "fusionlab")
+    ip.extension_manager.reload_extension("fusionlab")
+    assert ip._fusionlab_extension is ext
+    assert ip.find_line_magic("fusionlab") is not None
+    assert ip.find_cell_magic("fusionlab") is not None
+
+
+def test_help_is_the_docstring(ip, capsys):
+    doc = ip.find_line_magic("fusionlab").__doc__
+    assert "%fusionlab profile MODEL" in doc and "%%fusionlab profile" in doc
+    ip.run_line_magic("fusionlab", "help")
+    assert "%fusionlab kernels" in capsys.readouterr().out
+
+
+def test_profile_zoo_model_then_kernels(ip, capsys):
+    res = ip.run_line_magic("fusionlab", "profile zoo:gpt2-block --steps 2 --warmup 0 --compare eager,fusionlab")
+    assert isinstance(res, ProfileResult)
+    assert [v.name for v in res.variants] == ["eager", "fusionlab"]
+    assert all(len(v.samples) == 2 for v in res.variants)
+    assert res.model_name == "gpt2-block"
+    ext = ip._fusionlab_extension
+    assert ext.plan is res.plan and ext.last_result is res
+    table = ip.run_line_magic("fusionlab", "kernels")
+    assert isinstance(table, KernelTable)
+    assert len(table.rows) == len(res.plan.selected)
+    text = repr(table)
+    assert "inductor-cpp (per group)" in text
+    for cand in res.plan.selected:
+        assert cand.id in text
+    assert all(r[3] == "ok, fused" for r in table.rows)
+    assert ip.run_line_magic("fusionlab", "plan") is res.plan
+
+
+def test_profile_names_from_the_user_namespace(ip, tmp_path):
+    zm = zoo.get("mlp")
+    ip.user_ns["net"] = zm.model
+    ip.user_ns["batch"] = zm.inputs
+    out = tmp_path / "r.html"
+    res = ip.run_line_magic(
+        "fusionlab", f"profile net batch --steps 2 --warmup 0 --compare eager,fusionlab --fuse gelu,gelu_backward --html {out}"
+    )
+    assert isinstance(res, ProfileResult)
+    assert res.plan.selected and all(c.matches("gelu") or c.matches("gelu_backward") for c in res.plan.selected)
+    assert out.exists() and out.read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("profile", "model"),
+    ("profile zoo:gpt2-block --steps many", "invalid int value"),
+    ("profile zoo:no-such-model", "unknown zoo model"),
+    ("profile undefined_model x", "not defined"),
+    ("profile zoo:gpt2-block --compare eager,fastest", "--compare"),
+    ("profile zoo:gpt2-block --gpu v99", "--gpu"),
+    ("profile zoo:gpt2-block --bogus 1", "unrecognized arguments"),
+    ("frobnicate", "unknown command"),
+    ("kernels extra", "no arguments"),
+])
+def test_bad_arguments_print_usage(ip, capsys, line, message):
+    assert ip.run_line_magic("fusionlab", line) is None
+    out = capsys.readouterr().out
+    assert message in out
+    assert USAGE.splitlines()[0] in out
+    assert "Traceback" not in out
+
+
+def test_bad_fuse_pattern_is_one_line(ip, capsys):
+    assert ip.run_line_magic("fusionlab", "profile zoo:mlp --fuse nosuchpattern --steps 1") is None
+    out = capsys.readouterr().out
+    assert out.startswith("fusionlab: error: PlanError: no candidate matches 'nosuchpattern'")
+
+
+def test_cell_magic_times_the_cell(ip):
+    ip.user_ns["runs"] = 0
+    timing = ip.run_cell_magic("fusionlab", "profile --steps 3 --warmup 1", "runs += 1\n")
+    assert isinstance(timing, CellTiming)
+    assert ip.user_ns["runs"] == 4
+    assert len(timing.samples) == 3
+    assert timing.min_ms <= timing.median_ms <= timing.max_ms
+    assert "measured on cpu" in repr(timing)
+
+
+def test_cell_magic_bad_args_print_usage(ip, capsys):
+    assert ip.run_cell_magic("fusionlab", "profile --steps 0", "pass\n") is None
+    assert "--steps must be >= 1" in capsys.readouterr().out
+    assert ip.run_cell_magic("fusionlab", "kernels", "pass\n") is None
+    assert "cell magic takes 'profile'" in capsys.readouterr().out

@@ -1,0 +1,205 @@
+"""Tests for fusionlab.profiler and fusionlab.executors (behaviour and numerics, never wall-clock)."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+
+import pytest
+import torch
+
+import fusionlab
+from fusionlab import zoo
+from fusionlab.build.kernel import KernelStatus
+from fusionlab.executors import CompiledGroup, InductorGroupExecutor, count_generated_kernels
+from fusionlab.profiler import ProfileResult, check_numerics, make_plan, profile
+
+
+@pytest.fixture(scope="module")
+def block():
+    return zoo.get("gpt2-block")
+
+
+@pytest.fixture(scope="module")
+def plan(block):
+    return make_plan(block.model, block.inputs, loss_fn=block.loss_fn, fuse="all")
+
+
+@pytest.fixture(scope="module")
+def state_before(block):
+    m = block.model
+    return {
+        "params": {k: v.detach().clone() for k, v in m.state_dict(keep_vars=False).items()},
+        "grads": {k: p.grad for k, p in m.named_parameters()},
+        "training": m.training,
+        "rng": torch.get_rng_state(),
+    }
+
+
+@pytest.fixture(scope="module")
+def result(block, plan, state_before, tmp_path_factory) -> ProfileResult:
+    # a single tensor input (not a tuple) is accepted
+    trace = tmp_path_factory.mktemp("trace") / "step.json"
+    return profile(block.model, block.inputs[0], plan=plan, steps=3, warmup=1,
+                   compare=("eager", "fusionlab", "inductor"), gpu="h100", trace=str(trace))
+
+
+def test_profile_never_changes_the_model(block, result, state_before):
+    m = block.model
+    after = m.state_dict()
+    assert after.keys() == state_before["params"].keys()
+    for k, v in state_before["params"].items():
+        assert torch.equal(after[k], v), k
+    for k, p in m.named_parameters():
+        assert p.grad is state_before["grads"][k]
+    assert m.training == state_before["training"]
+    assert torch.equal(torch.get_rng_state(), state_before["rng"])
+
+
+def test_profile_result_measures_each_variant(result):
+    assert [v.name for v in result.variants] == ["eager", "fusionlab", "inductor"]
+    for v in result.variants:
+        assert v.ok, v.error
+        assert len(v.samples) == 3 and all(s > 0 for s in v.samples)
+        assert v.min_ms <= v.q1_ms <= v.median_ms <= v.q3_ms <= v.max_ms
+        assert v.kernels_per_step and v.kernels_how
+        assert v.peak_memory is not None and v.peak_memory > 0 and v.peak_memory_how
+        assert len(v.losses) == 1 + 1 + 3  # first step, warm-up, measured
+        assert v.top_kernels
+    assert result["eager"].executor == "PyTorch eager (ATen)"
+    assert result["fusionlab"].executor == "inductor-cpp (per group)"
+    assert result["inductor"].executor.startswith("torch.compile")
+    assert result.device.startswith("cpu")
+    # every selected group ran fused, and its check passed
+    rep = result["fusionlab"].report
+    assert len(rep.used) == len(result.plan.selected) and not rep.failed
+    assert all(s.check is not None and s.check.ok for s in rep.used)
+    # fewer kernels than the unfused graphs; the loss is eager's (same inputs, same weights)
+    assert result["fusionlab"].kernels_per_step < result.plan.summary().kernels_before
+    assert result.loss_rel_diff("fusionlab") < 1e-5
+    assert result.loss_rel_diff("inductor") < 1e-4
+    with open(result.chrome_trace) as f:
+        events = json.load(f)["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {f"fusionlab.profile: {v} step" for v in ("eager", "fusionlab", "inductor")} <= names
+
+
+def test_table_keeps_modeled_apart(result):
+    df = result.table()
+    assert list(df.index) == ["eager", "fusionlab", "inductor"]
+    for col in ("executor", "device", "median ms", "IQR ms", "speed-up vs eager", "kernels/step",
+                "peak memory MiB", "modeled H100 SXM ms", "modeled MiB moved", "modeled non-matmul MiB"):
+        assert col in df.columns
+    assert df.loc["eager", "speed-up vs eager"] == pytest.approx(1.0)
+    # modeled figures exist for eager (unfused) and the fused plan only, never for measured-only rows
+    assert df.loc["fusionlab", "modeled H100 SXM ms"] < df.loc["eager", "modeled H100 SXM ms"]
+    assert df["modeled H100 SXM ms"].isna()["inductor"]
+    assert df.attrs["modeled"] == "modeled (H100 SXM spec)"
+    text = repr(result)
+    assert "measured on cpu" in text and "modeled (H100 SXM spec)" in text
+    assert "inductor-cpp (per group)" in text
+    assert "<table" in result._repr_html_()
+
+
+class _Collect(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.script_src: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "script":
+            self.script_src += [v for k, v in attrs if k == "src" and v]
+
+
+def test_html_report_is_standalone(result, tmp_path):
+    path = result.to_html(tmp_path / "report.html")
+    text = open(path, encoding="utf-8").read()
+    p = _Collect()
+    p.feed(text)
+    p.close()
+    assert "table" in p.tags and "script" in p.tags
+    assert p.script_src == []  # plotly.js inlined: opens with no server and no network
+    assert "modeled (H100 SXM spec)" in text and "inductor-cpp (per group)" in text
+    fig = result.figure()
+    assert len(fig.data) >= 6
+    names = {t.name for t in fig.data}
+    assert "eager kernels" in names and "fusionlab kernels" in names
+
+
+def test_inductor_executor_matches_eager_over_three_steps(block, plan):
+    chk = check_numerics(block.model, block.inputs, plan=plan, steps=3, executor="inductor")
+    assert len(chk.loss_rel) == 3
+    assert chk.report.executor == "inductor-cpp (per group)"
+    assert len(chk.report.used) == len(plan.selected) and not chk.report.failed
+    assert chk.max_rel <= 1e-5, chk
+    assert chk.ok()
+
+
+def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
+    import fusionlab.executors as ex_mod
+
+    def wrong(sub, examples, name):
+        def fn(args):
+            return tuple(torch.zeros_like(o) + 1 for o in sub(*args))
+
+        return CompiledGroup(name, fn, 1, 0.0, "", True, "test")
+
+    monkeypatch.setattr(InductorGroupExecutor, "_cache", {})
+    monkeypatch.setattr(ex_mod, "_compile_group", wrong)
+    ex = InductorGroupExecutor()
+    cand = next(c for c in plan.selected if "softmax" in c.pattern)
+    fn, status = ex(cand, plan.capture.graph(cand.graph))
+    assert fn is None
+    assert isinstance(status, KernelStatus) and not status.used
+    assert "check against eager failed" in status.reason
+    assert InductorGroupExecutor._cache == {}  # a refused group is not kept
+
+
+def test_executor_compiles_one_group_alone(plan):
+    ex = InductorGroupExecutor()
+    cand = next(c for c in plan.selected if "layer_norm" in c.pattern and c.graph.startswith("fw"))
+    fn, status = ex(cand, plan.capture.graph(cand.graph))
+    assert status.used and status.check.ok and status.check.executor == ex.name
+    group = ex.groups[cand.id]
+    assert group.kernels >= 1 and "cpp_fused" in group.source
+    assert ex.name == "inductor-cpp (per group)"
+
+
+def test_count_generated_kernels():
+    src = (
+        "def call(args):\n"
+        "    buf0 = empty_strided_cpu((4,), (1,), torch.float32)\n"
+        "    cpp_fused_add_0(arg0_1, buf0)\n"
+        "    extern_kernels.mm(buf0, arg1_1, out=buf1)\n"
+        "    triton_poi_fused_mul_1.run(buf1, 4, stream=stream0)\n"
+        "    return (buf1, )\n"
+        "\n"
+        "runner = Runner(partitions=[])\n"
+    )
+    assert count_generated_kernels(src) == 3
+    assert count_generated_kernels("no wrapper here") == 0
+
+
+def test_profile_rejects_bad_arguments(block, plan):
+    with pytest.raises(ValueError, match="compare"):
+        profile(block.model, block.inputs, plan=plan, compare=("eager", "nonsense"))
+    with pytest.raises(ValueError, match="steps"):
+        profile(block.model, block.inputs, plan=plan, steps=0)
+    with pytest.raises(ValueError, match="unknown GPU"):
+        profile(block.model, block.inputs, plan=plan, gpu="v99")
+    with pytest.raises(ValueError, match="optimizer"):
+        profile(block.model, block.inputs, plan=plan, optimizer="lion", steps=1, warmup=0, compare="eager")
+
+
+def test_profile_captures_when_no_plan_and_runs_unfused_baseline():
+    zm = zoo.get("mlp")
+    res = profile(zm.model, zm.inputs, steps=2, warmup=0, compare="eager,unfused,fusionlab", optimizer="sgd")
+    assert [v.name for v in res.variants] == ["eager", "unfused", "fusionlab"]
+    assert res.plan is not None and len(res.plan.selected) == len(res.plan.candidates) > 0
+    assert any("all" in n and "selected" in n for n in res.notes)
+    assert res["unfused"].kernels_per_step == res.plan.summary().kernels_before
+    assert "unfused" in res.modeled and "fusionlab" in res.modeled
+    assert res.loss_rel_diff("fusionlab") < 1e-5
+    assert isinstance(fusionlab.profile, type(profile)) and fusionlab.profile is profile
