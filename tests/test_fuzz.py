@@ -22,13 +22,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import fusionlab  # noqa: F401, I001  (first: the Triton interpreter is decided before triton is imported)
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hseed
 from hypothesis import strategies as st
 from torch import nn
+
+import fusionlab  # noqa: F401, I001  (first: the Triton interpreter is decided before triton is imported)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -274,11 +275,12 @@ def test_bf16_group_with_fp32_output_is_used():
                    "(emit.py HELPERS)")
 @pytest.mark.parametrize("fn", ["tanh", "expm1", "log1p"])
 def test_helpers_are_accurate_near_zero(fn):
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
     from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
     from fusionlab.capture import CapturedGraph, node_facts
-    from torch._inductor.decomposition import select_decomp_table
-    from torch.fx.experimental.proxy_tensor import make_fx
 
     f = {"tanh": torch.tanh, "expm1": torch.expm1, "log1p": torch.log1p}[fn]
     x = torch.cat([torch.logspace(-7, 0, 32), -torch.logspace(-7, -0.5, 32)]).reshape(4, 16)
