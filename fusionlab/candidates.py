@@ -314,6 +314,12 @@ class _Finder:
                     stack.append(u)
         return False
 
+    def _base(self, node: torch.fx.Node) -> torch.fx.Node:
+        """The tensor a chain of views starts from."""
+        while self.kind.get(node) == "view" and node.all_input_nodes:
+            node = node.all_input_nodes[0]
+        return node
+
     def try_merge(self, a: _Group, b: _Group) -> str | None:
         if a is b:
             return None
@@ -348,16 +354,25 @@ class _Finder:
                     why = self.try_merge(pg, self.group[n])
                     if why:
                         failed.setdefault(n, why)
-        # horizontal: groups reducing the same rows of a shared input
+        # horizontal: groups over the same domain that read one tensor (directly or through
+        # views: the q, k, v copies of one projection) become one kernel with several outputs
+        readers: dict[torch.fx.Node, list[_Group]] = {}
         for n in self.nodes:
-            users = [self.group[u] for u in n.users if u in self.group]
-            reds = []
-            for g in users:
-                if g.rdims is not None and all(g is not r for r in reds):
-                    reds.append(g)
-            for g in reds[1:]:
-                if self.group.get(g.members[0]) is g and reds[0] is not g:
-                    self.try_merge(self.group[reds[0].members[0]], g)
+            g = self.group.get(n)
+            if g is None:
+                continue
+            for a in n.all_input_nodes:
+                base = self._base(a)
+                lst = readers.setdefault(base, [])
+                if all(g is not h for h in lst):
+                    lst.append(g)
+        for lst in readers.values():
+            for g in lst[1:]:
+                first = self.group[lst[0].members[0]]
+                cur = self.group[g.members[0]]
+                if cur is first or cur.domain != first.domain or cur.rdims != first.rdims:
+                    continue
+                self.try_merge(first, cur)
         groups = []
         seen = set()
         for n in self.nodes:
@@ -446,6 +461,8 @@ def pattern_name(members: list[torch.fx.Node], backward: bool, facts: dict | Non
             if _is_named(c) or (i < first_named and c in ("add", "bias")):
                 keep.append(c)
         return "+".join(keep[:4])
+    if comps and all(c in ("clone", "_to_copy", "copy", "convert_element_type") for c in comps):
+        return "copy"
     kind = "reduction" if any(ops.kind_of(m) == "reduction" for m in members) else "pointwise"
     return kind
 
