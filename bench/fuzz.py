@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))  # a fallback: an installed (or PYTHONPATH) fusionlab comes first
 
 import fusionlab  # noqa: E402, I001  (first: decides the Triton interpreter before triton is imported)
 import torch  # noqa: E402
@@ -163,8 +163,9 @@ UNARY = ("exp", "tanh", "sigmoid", "relu", "gelu", "gelu_tanh", "silu", "abs", "
 BINARY = ("add", "mul", "sub", "div", "maximum")
 REDUCE = ("softmax", "log_softmax", "layer_norm", "sum", "mean", "amax", "var")
 VIEW = ("transpose", "reshape", "expand", "slice", "permute")
-MASK = ("gt0", "lt", "where", "masked_fill", "not", "and", "b2f", "b2i", "iadd", "i2f", "isum", "any")
+MASK = ("where", "masked_fill", "not", "and", "b2f", "b2i", "iadd", "isum", "any")
 CAST = ("upcast", "downcast")
+NO_GRAD = ("gt0", "lt", "not", "and", "or", "b2f", "b2i", "iadd", "isum", "i2f", "any")
 
 
 def gen_program(draw, max_ops: int = 8) -> Program:
@@ -206,8 +207,19 @@ def gen_program(draw, max_ops: int = 8) -> Program:
     first = len(inputs)
     outs = [i for i in range(first, len(vals)) if i not in used and vals[i].kind in ("f", "f32")
             and ops[i - first].name != "param"]
-    if not outs:
-        outs = [_floats(vals)[-1]]
+    # the loss must depend on a parameter (else there is no backward)
+    grad = [s.requires_grad for s in inputs]
+    for op in ops:
+        if op.name == "param":
+            grad.append(True)
+        elif op.name in NO_GRAD:
+            grad.append(False)
+        elif op.name == "where":
+            grad.append(grad[op.args[1]] or grad[op.args[2]])
+        else:
+            grad.append(any(grad[a] for a in op.args))
+    if not any(grad[o] for o in outs):
+        outs.append(max(i for i in _floats(vals) if grad[i] and ops[i - first].name != "param"))
     return Program(dtype, inputs, params, ops, outs, seed=draw.int(0, 2**16))
 
 
@@ -319,70 +331,77 @@ def _gen_op(draw, family, a, vals, is_narrow, params):
         size = len(range(start, stop, step))
         shape = va.shape[:d] + (size,) + va.shape[d + 1:]
         return [(Op("slice", (a,), {"dim": d, "start": start, "stop": stop, "step": step}), _Val(shape, va.kind))]
-    # masks, integers, bools
-    name = draw.choice(MASK)
+    return _gen_mask_ops(draw, vals, floats)
+
+
+def _gen_mask_ops(draw, vals, floats):
+    """A comparison (or an existing mask) and what consumes it: where, masked_fill, logic,
+    a cast to float, or an integer chain (to int, add/sum, back to float)."""
+    out: list = []
+
+    def add(op, val):
+        out.append((op, val))
+        return len(vals) + len(out) - 1
+
+    def kind_of(i):
+        return vals[i].kind if i < len(vals) else out[i - len(vals)][1].kind
+
+    def shape_of(i):
+        return vals[i].shape if i < len(vals) else out[i - len(vals)][1].shape
+
     bools = [i for i, v in enumerate(vals) if v.kind == "b"]
-    ints = [i for i, v in enumerate(vals) if v.kind == "i"]
-    if name == "gt0":
+    if not bools or draw.bool(0.5):
         a = draw.choice(floats)
-        return [(Op(name, (a,)), _Val(vals[a].shape, "b"))]
-    if name == "lt":
-        a = draw.choice(floats)
-        partners = [i for i in floats if _bcast(vals[i].shape, vals[a].shape) is not None]
-        b = draw.choice(partners)
-        return [(Op(name, (a, b)), _Val(_bcast(vals[a].shape, vals[b].shape), "b"))]
-    if name in ("where", "masked_fill"):
-        if not bools:
-            return None
+        if draw.bool(0.5):
+            m = add(Op("gt0", (a,)), _Val(vals[a].shape, "b"))
+        else:
+            partners = [i for i in floats if _bcast(vals[i].shape, vals[a].shape) is not None]
+            b = draw.choice(partners)
+            m = add(Op("lt", (a, b)), _Val(_bcast(vals[a].shape, vals[b].shape), "b"))
+    else:
         m = draw.choice(bools)
-        xs = [i for i in floats if _bcast(vals[i].shape, vals[m].shape) is not None]
-        if not xs:
-            return None
+    name = draw.choice(MASK)
+    ms = shape_of(m)
+    if name in ("not", "and"):
+        if name == "not":
+            m = add(Op("not", (m,)), _Val(ms, "b"))
+        else:
+            partners = [i for i in bools if _bcast(vals[i].shape, ms) is not None] or [m]
+            n = draw.choice(partners)
+            m = add(Op(draw.choice(("and", "or")), (m, n)), _Val(_bcast(ms, shape_of(n)), "b"))
+        ms = shape_of(m)
+        name = draw.choice(("where", "b2f", "b2i"))
+    if name == "any" and ms:
+        dim = draw.int(0, len(ms) - 1)
+        m = add(Op("any", (m,), {"dim": dim}), _Val(tuple(s for i, s in enumerate(ms) if i != dim), "b"))
+        ms = shape_of(m)
+        name = "b2f"
+    xs = [i for i in floats if _bcast(vals[i].shape, ms) is not None]
+    if name in ("where", "masked_fill") and xs:
         x = draw.choice(xs)
-        shape = _bcast(vals[x].shape, vals[m].shape)
-        if name == "masked_fill":
-            if shape != vals[x].shape:
-                return None
-            return [(Op(name, (x, m), {"value": draw.choice((0.0, -1.5, float("-inf")))}), _Val(shape, vals[x].kind))]
+        shape = _bcast(vals[x].shape, ms)
+        if name == "masked_fill" and shape == vals[x].shape:
+            add(Op(name, (x, m), {"value": draw.choice((0.0, -1.5, float("-inf")))}), _Val(shape, vals[x].kind))
+            return out
         ys = [i for i in floats if _bcast(vals[i].shape, shape) is not None]
         y = draw.choice(ys)
         kind = "f32" if "f32" in (vals[x].kind, vals[y].kind) else "f"
-        return [(Op(name, (m, x, y)), _Val(_bcast(shape, vals[y].shape), kind))]
-    if name in ("not", "b2f", "b2i", "any"):
-        if not bools:
-            return None
-        m = draw.choice(bools)
-        if name == "not":
-            return [(Op(name, (m,)), _Val(vals[m].shape, "b"))]
-        if name == "b2f":
-            return [(Op(name, (m,)), _Val(vals[m].shape, "f"))]
-        if name == "any":
-            if not vals[m].shape:
-                return None
-            dim = draw.int(0, len(vals[m].shape) - 1)
-            shape = tuple(s for i, s in enumerate(vals[m].shape) if i != dim)
-            return [(Op(name, (m,), {"dim": dim}), _Val(shape, "b"))]
-        return [(Op(name, (m,), {"dtype": draw.choice(("int32", "int64"))}), _Val(vals[m].shape, "i"))]
-    if name == "and":
-        if not bools:
-            return None
-        m = draw.choice(bools)
-        partners = [i for i in bools if _bcast(vals[i].shape, vals[m].shape) is not None]
-        n = draw.choice(partners)
-        return [(Op(draw.choice(("and", "or")), (m, n)), _Val(_bcast(vals[m].shape, vals[n].shape), "b"))]
-    if not ints:
-        return None
-    i = draw.choice(ints)
-    if name == "iadd":
-        partners = [j for j in ints if _bcast(vals[j].shape, vals[i].shape) is not None]
-        j = draw.choice(partners)
-        return [(Op(name, (i, j)), _Val(_bcast(vals[i].shape, vals[j].shape), "i"))]
-    if name == "isum":
-        if not vals[i].shape:
-            return None
-        dim = draw.int(0, len(vals[i].shape) - 1)
-        return [(Op(name, (i,), {"dim": dim}), _Val(tuple(s for d, s in enumerate(vals[i].shape) if d != dim), "i"))]
-    return [(Op("i2f", (i,)), _Val(vals[i].shape, "f"))]
+        add(Op("where", (m, x, y)), _Val(_bcast(shape, vals[y].shape), kind))
+        return out
+    if name in ("b2i", "iadd", "isum", "i2f"):
+        i = add(Op("b2i", (m,), {"dtype": draw.choice(("int32", "int64"))}), _Val(ms, "i"))
+        ints = [j for j, v in enumerate(vals) if v.kind == "i" and _bcast(v.shape, ms) is not None]
+        step = draw.choice(("iadd", "isum", "none"))
+        if step == "iadd":
+            j = draw.choice(ints + [i])
+            i = add(Op("iadd", (i, j)), _Val(_bcast(ms, shape_of(j)), "i"))
+        elif step == "isum" and ms:
+            dim = draw.int(0, len(ms) - 1)
+            i = add(Op("isum", (i,), {"dim": dim}), _Val(tuple(s for d, s in enumerate(ms) if d != dim), "i"))
+        add(Op("i2f", (i,)), _Val(shape_of(i), "f"))
+        return out
+    add(Op("b2f", (m,)), _Val(ms, "f"))
+    return out
 
 
 # --------------------------------------------------------------------------- running
@@ -1004,6 +1023,14 @@ def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> Cas
 # --------------------------------------------------------------------------- script
 
 
+def refusal_kind(reason: str) -> str:
+    """A refusal reason without the names and numbers that make each one unique."""
+    m = re.search(r"check against eager failed: \S+: (MISMATCH|FAILED)[^(]*\(([^;)]*)", reason)
+    if m:
+        return f"check against eager failed: {m.group(1)} ({m.group(2)})"
+    return re.sub(r"\d+", "N", reason)[:100]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=500)
@@ -1040,7 +1067,7 @@ def main(argv=None) -> int:
             used += r.used
             specials += r.special_checks
             for reason in r.refused.values():
-                key = reason.split(":")[0] + ": " + reason.split(":")[1][:60] if ":" in reason else reason
+                key = refusal_kind(reason)
                 refusals[key] = refusals.get(key, 0) + 1
             if args.verbose:
                 print(f"case {i} ({kind}): {r.candidates} candidates, {r.used} used, "

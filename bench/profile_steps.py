@@ -1,7 +1,7 @@
 """Training-step time: eager vs fusionlab select-all vs torch.compile, measured on this CPU.
 
     .venv/bin/python bench/profile_steps.py [--models gpt2-block gpt2-tiny] [--steps 60]
-        [--warmup 10] [--threads 1] [--optimizer adamw] [--html-dir DIR]
+        [--warmup 10] [--threads 1] [--batch B] [--optimizer adamw] [--html-dir DIR]
 
 For each zoo model, ``fusionlab.profile`` runs whole training steps (forward, loss,
 backward, AdamW step, zero_grad) of four variants, each on its own copy of the model,
@@ -41,7 +41,7 @@ from fusionlab.profiler import make_plan, profile  # noqa: E402
 
 
 def bench_model(name: str, args) -> dict:
-    zm = zoo.get(name)
+    zm = zoo.get(name, batch=args.batch)
     plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
     res = profile(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=args.steps, warmup=args.warmup,
                   compare=args.compare, optimizer=args.optimizer, gpu=args.gpu, model_name=name)
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: the zoo model's)")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--compare", default="eager,unfused,fusionlab,inductor")
     ap.add_argument("--gpu", default="h100")
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s); "
-          f"{args.steps} measured steps after {args.warmup} warm-up, interleaved; optimizer {args.optimizer}")
+          f"{args.steps} measured steps after {args.warmup} warm-up, interleaved; optimizer {args.optimizer}; "
+          f"batch {args.batch or 'zoo default'}; load average before: {os.getloadavg()[0]:.2f}")
     results = [bench_model(m, args) for m in args.models]
 
     head = (f"{'model':11} {'variant':10} {'executor':31} {'median ms':>9} {'IQR ms':>8} {'min ms':>8} "
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
     print("\nGoals:")
     for name, ok, text in goals:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {text}")
+    print(f"load average after: {os.getloadavg()[0]:.2f} (other processes share these cores: compare "
+          "min and median)")
     print("\nModeled figures come from fusionlab.cost (never measured); times are measured on this CPU.")
     return 0
 

@@ -375,7 +375,7 @@ def _resolve_executor(executor, dev: torch.device):
     if executor is None or executor == "auto":
         executor = "triton" if (dev.type == "cuda" and not _env.INTERPRET) else "inductor"
     if executor == "triton":
-        return None, _env.executor_name() if dev.type != "cuda" or not _env.INTERPRET else "triton-interpreter"
+        return None, _env.executor_name()
     if executor == "inductor":
         ex = InductorGroupExecutor()
         return ex, ex.name
@@ -575,6 +575,9 @@ def profile(
     if not cuda:
         notes.append("peak memory: largest CPU allocator total above the step's start, from "
                      "torch.profiler memory events of one profiled step")
+        if fl is not None and fl.executor is None:
+            notes.append("fusionlab ran its Triton kernels in the Triton interpreter: correct, but its "
+                         "times say nothing about speed (use executor='inductor' on CPU)")
         if fl is not None and fl.executor is not None:
             notes.append("fusionlab on CPU: each selected group is compiled alone by Inductor "
                          "(C++), checked against eager, and the rest of the step runs as in eager")

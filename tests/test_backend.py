@@ -183,3 +183,26 @@ def test_candidate_keys_ignore_names_and_shapes(plans):
     zm3 = zoo.get("gpt2-block", batch=3)
     plan3 = fl.FusionPlan(fl.capture(zm3.model, *zm3.inputs, loss_fn=zm3.loss_fn))
     assert [candidate_key(c) for c in plan.candidates] == [candidate_key(c) for c in plan3.candidates]
+
+
+def test_candidate_the_codegen_cannot_handle_is_reported_and_left_unfused(monkeypatch, plans):
+    from fusionlab import codegen
+    from fusionlab.codegen.lower import LoweringError
+
+    real = codegen.lower
+
+    def picky(candidate, graph, name):
+        if "log_softmax" in candidate.pattern:
+            raise LoweringError("pretend this pattern is not supported")
+        return real(candidate, graph, name)
+
+    monkeypatch.setattr(codegen, "lower", picky)
+    zm, plan = plans("mlp")
+    fused = plan.select_all().compile(copy.deepcopy(zm.model))
+    loss = fused(*zm.inputs)
+    loss.backward()
+    expected = zm.model(*zm.inputs).item()
+    assert abs(loss.item() - expected) <= FP32_TOL * abs(expected)
+    refused = [st for st in fused.report.failed if "log_softmax" in st.candidate]
+    assert refused and all(st.reason.startswith("codegen: pretend") for st in refused), str(fused.report)
+    assert fused.report.used  # the others still run as kernels

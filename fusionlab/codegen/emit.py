@@ -36,6 +36,22 @@ def _min_nan(a, b):
 
 
 @triton.jit
+def _row_max(x):
+    # max of each row (axis 1) that propagates NaN, like torch.amax
+    m = tl.max(x, 1, keep_dims=True)
+    has_nan = tl.max((x != x).to(tl.int32), 1, keep_dims=True) > 0
+    return tl.where(has_nan, float("nan"), m)
+
+
+@triton.jit
+def _row_min(x):
+    # min of each row (axis 1) that propagates NaN, like torch.amin
+    m = tl.min(x, 1, keep_dims=True)
+    has_nan = tl.max((x != x).to(tl.int32), 1, keep_dims=True) > 0
+    return tl.where(has_nan, float("nan"), m)
+
+
+@triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -71,7 +87,7 @@ def _floordiv(a, b):
     return tl.where((a % b != 0) & ((a < 0) != (b < 0)), q - 1, q)
 '''
 
-_HELPER_NAMES = ("_max_nan", "_min_nan", "_tanh", "_pow", "_expm1", "_log1p", "_trunc", "_floordiv")
+_HELPER_NAMES = ("_max_nan", "_min_nan", "_row_max", "_row_min", "_tanh", "_pow", "_expm1", "_log1p", "_trunc", "_floordiv")
 
 
 class _Writer:
@@ -230,9 +246,11 @@ class _Emitter:
     def _reduce_call(self, s: Stmt, tile: str) -> str:
         if s.reduce == "sum":
             return f"tl.sum({tile}, 1, keep_dims=True)"
-        if s.reduce in ("amax", "any"):
-            return f"tl.reduce({tile}, 1, _max_nan, keep_dims=True)"
-        return f"tl.reduce({tile}, 1, _min_nan, keep_dims=True)"
+        if s.reduce == "any":
+            return f"tl.max({tile}, 1, keep_dims=True)"
+        if s.reduce == "amax":
+            return f"_row_max({tile})" if s.dtype.is_floating_point else f"tl.max({tile}, 1, keep_dims=True)"
+        return f"_row_min({tile})" if s.dtype.is_floating_point else f"tl.min({tile}, 1, keep_dims=True)"
 
     def _emit_reduce_persistent(self, s: Stmt) -> None:
         self.w(f"{s.name} = {self._finish(s, self._reduce_call(s, self._reduce_input(s)))}", s.comment)

@@ -415,11 +415,12 @@ def _call_profile(profile, model, inputs, plan, loss_fn, options=None):
 
 
 def _table_html(result) -> str:
-    if hasattr(result, "_repr_html_"):  # the result's own labels: measured where, modeled how
-        return result._repr_html_()
-    table = result.table() if hasattr(result, "table") else result
+    """The profile's own HTML (it labels measured vs modeled), in a box that scrolls sideways."""
+    table = result.table() if not hasattr(result, "_repr_html_") and hasattr(result, "table") else result
     if hasattr(table, "_repr_html_"):
-        return table._repr_html_()
-    if hasattr(table, "to_html"):
-        return table.to_html()
-    return f"<pre style='font-size:12px'>{html.escape(str(table))}</pre>"
+        body = table._repr_html_()
+    elif hasattr(table, "to_html"):
+        body = table.to_html()
+    else:
+        body = f"<pre style='font-size:12px'>{html.escape(str(table))}</pre>"
+    return f"<div style='overflow-x:auto;font-size:12px'>{body}</div>"

@@ -16,9 +16,11 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _max_nan(a, b):
-    # maximum that propagates NaN, like torch.amax / torch.maximum
-    return tl.where((a > b) | (a != a), a, b)
+def _row_max(x):
+    # max of each row (axis 1) that propagates NaN, like torch.amax
+    m = tl.max(x, 1, keep_dims=True)
+    has_nan = tl.max((x != x).to(tl.int32), 1, keep_dims=True) > 0
+    return tl.where(has_nan, float("nan"), m)
 
 @triton.jit
 def fused_inf0_reduction_0(in_x_1, out_div, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):
@@ -38,7 +40,7 @@ def fused_inf0_reduction_0(in_x_1, out_div, XBLOCK: tl.constexpr, RBLOCK: tl.con
     r0 = rindex                                     # size 96
     x_1 = tl.load(in_x_1 + r0 + 96 * x0, mask=mask, other=0.0)  # x_1: float32[8x96]
     mul = x_1 * 0.125                               # aten.mul.Tensor
-    amax = tl.reduce(tl.where(mask, mul, float("-inf")), 1, _max_nan, keep_dims=True)  # aten.amax.default
+    amax = _row_max(tl.where(mask, mul, float("-inf")))  # aten.amax.default
     sub = mul - amax                                # aten.sub.Tensor
     exp = tl.exp(sub)                               # aten.exp.default
     sum_1 = tl.sum(tl.where(mask, exp, 0.0), 1, keep_dims=True)  # aten.sum.dim_IntList
