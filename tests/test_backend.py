@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 
-import fusionlab as fl
 import pytest
 import torch
+
+import fusionlab as fl
 from fusionlab import zoo
 from fusionlab.backend import candidate_key
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import fusionlab  # noqa: F401  (interpreter set-up before triton)
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch._inductor.decomposition import select_decomp_table
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import fusionlab  # noqa: F401  (interpreter set-up before triton)
 from fusionlab.build.kernel import Kernel, build_kernel, extract_subgraph
 from fusionlab.candidates import graph_candidates
 from fusionlab.capture import CapturedGraph, node_facts
 from fusionlab.codegen import generate
 from fusionlab.codegen.domain import make_layout
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from torch._inductor.decomposition import select_decomp_table
-from torch.fx.experimental.proxy_tensor import make_fx
 
 GOLDEN = Path(__file__).parent / "golden"
 SIZES = [1, 2, 3, 5, 7, 13, 33]
