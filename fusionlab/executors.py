@@ -57,13 +57,28 @@ class CompiledGroup:
         self.source = source  # Inductor's generated wrapper + kernel code
         self.boxed = boxed
         self.how = how  # "compile_fx_inner" | "compile_fx"
+        self.fast = False  # call the generated code directly (set once a first call went through fn)
         self.__name__ = name
 
     def __call__(self, *args):
-        return self.fn(list(args)) if self.boxed else self.fn(*args)
+        if self.boxed:
+            fn = self._fast or self.fn
+            if _profiling():
+                with _record(f"fusionlab group {self.name}"):
+                    return fn(list(args))
+            return fn(list(args))
+        return self.fn(*args)
+
+    @property
+    def _fast(self):
+        """The generated ``call(args)`` itself, skipping CompiledFxGraph's per-call bookkeeping
+        (autotune-cache bundling and runtime metrics, neither of which a CPU group uses)."""
+        return getattr(self.fn, "current_callable", None) if self.fast else None
 
     def copy(self) -> CompiledGroup:
-        return CompiledGroup(self.name, self.fn, self.kernels, 0.0, self.source, self.boxed, self.how)
+        g = CompiledGroup(self.name, self.fn, self.kernels, 0.0, self.source, self.boxed, self.how)
+        g.fast = self.fast
+        return g
 
     def __repr__(self) -> str:
         return f"<CompiledGroup {self.name}: {self.kernels} kernel(s), via {self.how}>"
@@ -109,6 +124,15 @@ def _compile_group(sub: torch.fx.GraphModule, examples: list[torch.Tensor], name
     source = "\n\n".join(getattr(o, "source_code", "") or "" for o in outputs)
     return CompiledGroup(name, fn, count_generated_kernels(source), time.perf_counter() - start,
                          source, False, "compile_fx")
+
+
+def _profiling() -> bool:
+    return bool(getattr(torch.autograd.profiler, "_is_profiler_enabled", False))
+
+
+def _record(name: str):
+    fast = getattr(torch._C._profiler, "_RecordFunctionFast", None)
+    return fast(name) if fast is not None else torch.profiler.record_function(name)
 
 
 @contextlib.contextmanager
@@ -185,6 +209,9 @@ class InductorGroupExecutor:
                 group = _compile_group(sub, examples, name)
                 check = self._check(group, sub, metas, gen, examples) if self.validate else None
                 if check is None or check.ok:
+                    if check is None:
+                        group(*examples)  # the first call goes through CompiledFxGraph.__call__
+                    group.fast = True
                     self._cache[key] = group
             else:
                 group = group.copy()

@@ -439,6 +439,8 @@ def profile(
     :mod:`fusionlab.executors`). ``trace``: True or a path: export a Chrome trace of one
     profiled step of each variant. The model itself is never changed.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"profile trains copies of the model: pass a torch.nn.Module, not {type(model).__name__}")
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     inputs = tuple(inputs)
@@ -719,6 +721,9 @@ def _top_kernels(r: VariantResult, prof, cuda: bool) -> None:
 # --------------------------------------------------------------------------- figures
 
 
+_COLORS = {"eager": "#7f7f7f", "unfused": "#bcbd22", "fusionlab": "#1f77b4", "inductor": "#ff7f0e"}
+
+
 def _profile_figure(res: ProfileResult):
     """2x2 plotly figure; plotly is imported here, on first use."""
     import plotly.graph_objects as go
@@ -740,8 +745,7 @@ def _profile_figure(res: ProfileResult):
         error_y=dict(type="data", symmetric=False, array=[v.q3_ms - v.median_ms for v in ok],
                      arrayminus=[v.median_ms - v.q1_ms for v in ok]),
         text=[f"{v.median_ms:.2f} ms" for v in ok], name="measured step time", showlegend=False,
-        marker_color=["#7f7f7f" if v.name == "eager" else "#1f77b4" if v.name == "fusionlab" else "#ff7f0e"
-                      for v in ok],
+        marker_color=[_COLORS.get(v.name, "#17becf") for v in ok],
     ), row=1, col=1)
     fig.update_yaxes(title_text="ms per training step (measured)", row=1, col=1)
 
@@ -851,24 +855,37 @@ def make_plan(model, inputs, loss_fn=None, fuse="all"):
 
 @dataclass
 class NumericsCheck:
-    """Per step: relative error of the fused step's loss and gradients against eager."""
+    """Per step: relative error of the fused step's loss and gradients against eager.
+
+    ``grad_rel``: the whole gradient, norm-wise, ``||g_fused - g_eager|| / ||g_eager||`` over
+    all parameters at once. ``param_rel``: the worst single parameter, norm-wise; beware
+    gradients that are mathematically zero (a conv bias before BatchNorm: ~1e-8 of rounding
+    noise), whose relative error says nothing.
+    """
 
     steps: int
     loss_rel: list[float]
-    grad_rel: list[float]  # worst parameter per step: ||g_fused - g_eager|| / ||g_eager||
+    grad_rel: list[float]
+    param_rel: list[float]
     worst_param: list[str]
     report: object = None
 
     @property
     def max_rel(self) -> float:
+        """Largest of the loss and whole-gradient relative errors over all steps."""
         return max(self.loss_rel + self.grad_rel) if (self.loss_rel or self.grad_rel) else 0.0
+
+    @property
+    def max_param_rel(self) -> float:
+        return max(self.param_rel) if self.param_rel else 0.0
 
     def ok(self, tol: float = 1e-5) -> bool:
         return self.max_rel <= tol
 
     def __repr__(self) -> str:
-        rows = [f"step {i}: loss rel err {lo:.2e}, worst grad rel err {g:.2e} ({p})"
-                for i, (lo, g, p) in enumerate(zip(self.loss_rel, self.grad_rel, self.worst_param))]
+        rows = [f"step {i}: loss rel err {lo:.2e}, gradient rel err {g:.2e}, worst parameter {p:.2e} ({n})"
+                for i, (lo, g, p, n) in enumerate(zip(self.loss_rel, self.grad_rel, self.param_rel,
+                                                      self.worst_param))]
         return "NumericsCheck(fused vs eager)\n  " + "\n  ".join(rows)
 
 
@@ -876,8 +893,11 @@ def check_numerics(model, inputs, plan=None, loss_fn=None, steps: int = 3, execu
                    optimizer="sgd", lr: float = 1e-3) -> NumericsCheck:
     """Train two copies of `model` for `steps` steps, eager and fused; compare losses and grads.
 
-    Relative errors are norm-wise (``||fused - eager|| / ||eager||``), per parameter.
+    Relative errors are norm-wise (``||fused - eager|| / ||eager||``): of the loss, of the
+    whole gradient, and of the worst single parameter (see :class:`NumericsCheck`).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"check_numerics trains copies of the model: pass a torch.nn.Module, not {type(model).__name__}")
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     inputs = tuple(inputs)
@@ -900,25 +920,27 @@ def check_numerics(model, inputs, plan=None, loss_fn=None, steps: int = 3, execu
         ff = torch.compile(_fresh_step(mf, loss_fn), backend=backend, dynamic=False)
         oe = _make_optimizer(optimizer, list(me.parameters()), lr)
         of = _make_optimizer(optimizer, list(mf.parameters()), lr)
-        loss_rel, grad_rel, worst = [], [], []
+        loss_rel, grad_rel, param_rel, worst = [], [], [], []
         for _ in range(steps):
             le, lf = fe(*inputs), ff(*inputs)
             le.backward()
             lf.backward()
             loss_rel.append(float((lf.detach() - le.detach()).abs() / le.detach().abs().clamp_min(1e-30)))
-            w, wn = 0.0, ""
+            w, wn, num, den = 0.0, "", 0.0, 0.0
             for (n, pe), pf in zip(me.named_parameters(), mf.parameters()):
                 if pe.grad is None and pf.grad is None:
                     continue
                 if (pe.grad is None) != (pf.grad is None):
-                    w, wn = float("inf"), n
+                    w, wn, num = float("inf"), n, float("inf")
                     continue
-                den = pe.grad.double().norm().item()
-                err = (pf.grad.double() - pe.grad.double()).norm().item()
-                rel = err / den if den > 0 else err
+                d2 = (pf.grad.double() - pe.grad.double()).pow(2).sum().item()
+                e2 = pe.grad.double().pow(2).sum().item()
+                num, den = num + d2, den + e2
+                rel = math.sqrt(d2 / e2) if e2 > 0 else math.sqrt(d2)
                 if rel > w:
                     w, wn = rel, n
-            grad_rel.append(w)
+            grad_rel.append(math.sqrt(num / den) if den > 0 else math.sqrt(num))
+            param_rel.append(w)
             worst.append(wn)
             for o, mm in ((oe, me), (of, mf)):
                 if o is not None:
@@ -926,4 +948,4 @@ def check_numerics(model, inputs, plan=None, loss_fn=None, steps: int = 3, execu
                     o.zero_grad(set_to_none=True)
                 else:
                     mm.zero_grad(set_to_none=True)
-    return NumericsCheck(steps, loss_rel, grad_rel, worst, backend.report)
+    return NumericsCheck(steps, loss_rel, grad_rel, param_rel, worst, backend.report)

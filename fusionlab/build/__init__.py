@@ -24,16 +24,52 @@ class KernelSet(list):
         super().__init__(kernels)
         self.statuses = list(statuses)
 
-    def inspect(self, target: str = "sm_90", *, workers: int = 2, progress: bool = True, **options):
-        """Compile every kernel for `target` in worker processes; one CompileReport each."""
+    def inspect(self, target: str = "sm_90", *, workers: int = 2, progress: bool = True, pool=None,
+                cache: bool = True, timeout: float = 120, options: dict | None = None):
+        """Compile every kernel for ``target`` (``"sm_80"``, ``"sm_89"``, ``"sm_90"``, ``"native"``)
+        in up to ``workers`` worker processes (or ``pool``), through the disk cache.
+
+        Returns a :class:`~fusionlab.build.summary.CompileReports`: one CompileReport per
+        kernel, in order, shown as a table. A kernel that fails to compile (or crashes or hangs
+        its worker) gets a failed report with the reason; the others are unaffected.
+        """
         from .inspect import inspect_many
+        from .summary import CompileReports, add_tool_notes
 
-        return inspect_many([k.source for k in self], target, workers=workers, progress=progress, **options)
+        reps = inspect_many([k.source for k in self], target, workers=workers, progress=progress,
+                            pool=pool, cache=cache, timeout=timeout, options=options)
+        add_tool_notes(reps, target)
+        return CompileReports(reps, target, [k.source.kind for k in self])
 
-    def export(self, directory):
+    def inspect_configs(self, target: str = "sm_90", *, workers: int = 2, progress: bool = True, **options):
+        """Every kernel's candidate launch configs compiled for ``target`` (one batch):
+        ``{kernel name: ConfigTable}`` (see :meth:`Kernel.inspect_configs`)."""
+        from .configs import inspect_configs_many
+
+        tables = inspect_configs_many([k.source for k in self], target, workers=workers, progress=progress,
+                                      best=[k.best_config for k in self], **options)
+        return {k.name: t for k, t in zip(self, tables)}
+
+    def export(self, directory, *, include_failed: bool = False):
+        """Write each kernel as a standalone module (torch + triton only) plus an ``__init__.py``.
+
+        Kernels that failed their check against eager are left out (with a warning naming
+        them) unless ``include_failed``. Returns the paths written, the ``__init__.py`` last.
+        """
+        import warnings
+
         from .export import export_kernels
 
-        return export_kernels([k.source for k in self], directory)
+        keep = [k for k in self if include_failed or k.check_result is None or k.check_result.ok]
+        dropped = [k.name for k in self if k not in keep]
+        if dropped:
+            warnings.warn(
+                f"not exporting {len(dropped)} kernel(s) that failed their check against eager: "
+                f"{', '.join(dropped)} (include_failed=True exports them anyway)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return export_kernels([k.source for k in keep], directory)
 
     def __repr__(self) -> str:
         lines = [f"{len(self)} kernels"]

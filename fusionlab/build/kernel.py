@@ -127,8 +127,27 @@ class Kernel:
             self._module = load_module(self.source)
         return self._module
 
+    best_config: dict | None = None  # set by tune() (or found in the disk cache): used for CUDA launches
+
     def __call__(self, *inputs, config=None):
+        if config is None:
+            config = self._tuned_config(inputs)
         return getattr(self.module, self.source.launcher)(*inputs, config=config)
+
+    def _tuned_config(self, inputs) -> dict | None:
+        """The tuned config for a launch on CUDA (looked up once in the disk cache), else None."""
+        dev = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
+        if dev is None or dev.type != "cuda":
+            return None
+        if self.best_config is None and not getattr(self, "_tuned_lookup_done", False):
+            self._tuned_lookup_done = True
+            from .configs import cached_best_config
+
+            try:
+                self.best_config = cached_best_config(self.source, torch.cuda.get_device_name(dev))
+            except Exception:  # noqa: BLE001 - no tuned config: the launcher's default
+                self.best_config = None
+        return self.best_config
 
     run = __call__
 
@@ -199,14 +218,46 @@ class Kernel:
 
     # ------------------------------------------------------------------ later stages
 
-    def inspect(self, target: str = "sm_90", **options):
-        """Compile for a GPU target (in a worker process) and report every stage."""
-        from .inspect import inspect_source
+    def inspect(self, target: str = "sm_90", *, pool=None, cache: bool = True, timeout: float = 120,
+                options: dict | None = None):
+        """Compile for a GPU target (in a worker process) and report every stage.
 
-        return inspect_source(self.source, target, **options)
+        Returns a :class:`~fusionlab.build.inspect.CompileReport`: TTIR, TTGIR, LLVM IR, PTX
+        and SASS, registers, spills, shared memory and a modeled occupancy. A kernel that
+        fails to compile gets a report with ``ok=False`` and the reason, never an exception.
+        ``pool``: a :class:`~fusionlab.build.workers.WorkerPool` (default: the shared one).
+        """
+        from .inspect import inspect_many
+        from .summary import add_tool_notes
+
+        rep = inspect_many([self.source], target, workers=1, cache=cache, timeout=timeout,
+                           progress=False, options=options, pool=pool)[0]
+        add_tool_notes([rep], target)
+        return rep
+
+    def inspect_configs(self, target: str = "sm_90", *, workers: int = 2, **options):
+        """Compile the kernel once per candidate launch config (``source.configs``: block
+        sizes, num_warps) for ``target``: a table of config -> registers, spills, shared
+        memory and modeled occupancy (a list of ``(config, CompileReport)``).
+        """
+        from .configs import inspect_configs
+
+        return inspect_configs(self.source, target, workers=workers, best=self.best_config, **options)
+
+    def tune(self, inputs=None, *, cache: bool = True, warmup: int = 25, rep: int = 100):
+        """On a CUDA GPU: time each candidate config (``triton.testing.do_bench``), keep the
+        fastest as ``best_config`` (used by later CUDA launches) and in the disk cache, keyed
+        by the kernel digest and the GPU's name. Raises RuntimeError without a GPU."""
+        from .configs import tune
+
+        return tune(self, inputs, cache=cache, warmup=warmup, rep=rep)
 
     def save(self, path):
-        """Write a standalone importable .py module (depends only on torch and triton)."""
+        """Write a standalone importable .py module (depends only on torch and triton).
+
+        ``path`` is a ``.py`` file or a directory (the module is then ``<name>.py`` in it).
+        Returns the path written.
+        """
         from .export import save_kernel
 
         return save_kernel(self.source, path)
