@@ -23,15 +23,23 @@ Two checks per program (``tests/test_fuzz.py`` runs the same ones with hypothesi
     forward + backward, against eager: loss, input grads, parameter grads. Every selected
     candidate must appear in ``fused.report``, used or refused with a reason.
 
-Tolerances (see :func:`compare`): a value must be within ``rtol * max|eager|`` of eager
-(fp32 1e-5, the project bar; fp16 1e-2; bf16 6e-2: fused kernels keep fp32 between ops
-where eager rounds to the narrow type after every op, so a chain of k ops may differ by
-~k half-ulps: fp16 ulp 2^-10 ~ 1e-3, bf16 ulp 2^-7 ~ 8e-3). Where a value is further
-from eager than that, it is still accepted when eager itself is at least that far from a
-float64 run of the same program (the program is ill-conditioned there: cancellation,
-overflow of a narrow intermediate) and the fused value is no further from float64 than
-4x eager's error. NaN and inf must sit where eager has them (unless float64 shows eager
-overflowed).
+Tolerances (see :func:`compare`), per tensor: a fused value must be within
+``rtol * max|eager|`` of eager, with rtol fp32 1e-5 (the project bar), fp16 1e-2, bf16
+6e-2. Why those for fp16/bf16: fused kernels keep fp32 between ops where eager rounds
+to the narrow type after every op, so a chain of k ops differs by ~k half-ulps (fp16 ulp
+2^-10 ~ 1e-3, bf16 ulp 2^-7 ~ 8e-3; 1e-2 and 6e-2 allow ~10 and ~8 such roundings).
+A value further from eager than that is still accepted when it is ill-conditioned: a
+float64 run of the same ATen graphs (rounding only where the graph casts) is the ideal
+result, and three more float64 runs with every op's result perturbed by 4 half-ulps of
+the program's dtype show how far rounding alone can move it; the fused value may be up to
+4x that spread (or 4x eager's own distance) from the ideal. So cancellation, a layer_norm
+of a constant row, an fp16 intermediate that overflows in eager but not in fp32 registers
+pass, while a wrong index, op or NaN rule (far beyond any rounding) does not. NaN and
++-inf must sit where eager has them; NaN against +-inf counts as the same blow-up (eager's
+Welford var_mean turns a row holding one inf into NaN, a two-pass mean into inf).
+
+Known core bugs (:data:`KNOWN_BUGS`, :data:`KNOWN_MISMATCHES`) are recognised by their
+signature and counted, not failed; each has a strict xfail test in tests/test_fuzz.py.
 """
 
 from __future__ import annotations
@@ -709,7 +717,11 @@ class CaseResult:
     refused: dict = field(default_factory=dict)  # candidate id -> reason
     special_checks: int = 0
     seconds: float = 0.0
-    known_bug: str | None = None  # the case hit a known core bug (see KNOWN_BUGS)
+    known_bugs: set = field(default_factory=set)  # known core bugs the case hit (KNOWN_BUGS, KNOWN_MISMATCHES)
+
+    @property
+    def known_bug(self) -> str | None:
+        return "+".join(sorted(self.known_bugs)) or None
 
 
 class SilentMismatch(AssertionError):
@@ -727,6 +739,7 @@ KNOWN_BUGS = {
         r"kernel was generated for shape (\([^)]*\)), stride \(([^)]*)\), \S+; got shape \1, stride"
     ),
 }
+KNOWN_BUGS["select-all-cycle"] = re.compile(r"PlanError: selecting .* together would form a cycle")
 # What the Triton interpreter (3.9) does differently from a GPU, worked around by the generator:
 KNOWN_LIMITS = {
     "bf16-denormals": "the interpreter flushes bf16 denormals to zero when converting to fp32",
@@ -734,9 +747,18 @@ KNOWN_LIMITS = {
 
 
 # Known wrong values, by the conditions that produce them (each with a strict xfail test):
-#   sign-nan  torch.sign(nan) is 0, the kernel's sign gives nan (ops.py); abs' backward
-#             multiplies by sign, so a NaN input gets a NaN grad where eager gives 0
-KNOWN_MISMATCHES = ("sign-nan",)
+#   sign-nan        torch.sign(nan) is 0, the kernel's sign gives nan (ops.py); abs' backward
+#                   multiplies by sign, so a NaN input gets a NaN grad where eager gives 0
+#   bf16-cast       the Triton interpreter converts int/bool values to bf16 by reinterpreting
+#                   bits (True -> 0.0): a check on random inputs can pass (all False) and the
+#                   real values come out wrong (ops.cast_expr)
+#   narrow-compare  a comparison of an fp16/bf16 value the kernel holds unrounded in fp32
+#                   flips where eager's rounded value does not (x < x*w*x), and the mask then
+#                   selects other values (lower.py)
+KNOWN_MISMATCHES = ("sign-nan", "bf16-cast", "narrow-compare")
+_CMP = {getattr(getattr(torch.ops.aten, op), ov) for op in ("eq", "ne", "lt", "le", "gt", "ge")
+        for ov in ("Tensor", "Scalar")}
+_NARROW = (torch.float16, torch.bfloat16)
 
 
 def _has_nan(tensors) -> bool:
@@ -744,16 +766,25 @@ def _has_nan(tensors) -> bool:
                for t in tensors)
 
 
+def _dtype_of(node) -> torch.dtype | None:
+    v = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
 def known_mismatch_codegen(kernel, ins) -> str | None:
-    if "aten.sign.default" in kernel.source.source and _has_nan(ins):
+    """Which known bug explains a kernel that disagrees with eager on real values, if any."""
+    nodes = list(kernel.subgraph.graph.nodes)
+    if any(n.target is torch.ops.aten.sign.default for n in nodes) and _has_nan(ins):
         return "sign-nan"
-    return None
-
-
-def known_mismatch_e2e(prog: Program) -> str | None:
-    uses_abs = any(op.name in ("abs", "rsqrt_abs", "log_abs", "div") for op in prog.ops)
-    if uses_abs and any(s.special in ("nan", "mixed", "inf") for s in prog.inputs):
-        return "sign-nan"
+    for n in nodes:
+        if n.target in _CASTS and n.args[1:2] == (torch.bfloat16,):
+            src = _dtype_of(n.args[0])
+            if src is not None and not src.is_floating_point:
+                return "bf16-cast"
+    for n in nodes:
+        if n.target in _CMP and any(a.op != "placeholder" and _dtype_of(a) in _NARROW
+                                    for a in n.all_input_nodes):
+            return "narrow-compare"
     return None
 
 
@@ -892,7 +923,7 @@ def check_codegen(prog: Program, seed: int = 0, traced: Traced | None = None) ->
             fixed = [_restride(t, spec[3]) for t, spec in zip(ins, kernel.source.meta["inputs"])]
             ins = [t for t, _ in fixed]
             if any(copied for _, copied in fixed):
-                res.known_bug = "launcher-strides"
+                res.known_bugs.add("launcher-strides")
             got = kernel(*ins)
             expected = kernel.subgraph(*ins)
             gen = torch.Generator().manual_seed(seed)
@@ -903,7 +934,7 @@ def check_codegen(prog: Program, seed: int = 0, traced: Traced | None = None) ->
             for k, (name, g, e) in enumerate(zip(c.outputs, got, expected)):
                 why = compare(g, e, [r[k] for r in refs], tol_dtype)
                 if why is not None and known_mismatch_codegen(kernel, ins):
-                    res.known_bug = known_mismatch_codegen(kernel, ins)
+                    res.known_bugs.add(known_mismatch_codegen(kernel, ins))
                     continue
                 if why is not None:
                     raise SilentMismatch(
@@ -958,7 +989,15 @@ def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> Cas
     model = FuzzModule(prog)
     _, passed = make_inputs(prog)
     cap = fusionlab.capture(model, *passed)
-    plan = fusionlab.FusionPlan(cap).select_all()
+    plan = fusionlab.FusionPlan(cap)
+    try:
+        plan.select_all()
+    except fusionlab.PlanError as e:
+        if known_bug(e) is None:
+            raise
+        res.known_bugs.add(known_bug(e))
+        res.seconds = time.perf_counter() - start
+        return res
     res.candidates = len(plan.candidates)
     fused_model = copy.deepcopy(model)
     fused = plan.compile(fused_model, seed=seed)
@@ -970,7 +1009,7 @@ def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> Cas
         bug = known_bug(e)
         if bug is None:
             raise
-        res.known_bug = bug
+        res.known_bugs.add(bug)
         res.seconds = time.perf_counter() - start
         return res
     f_grads = {f"input{i}": t.grad for i, t in enumerate(leaves)}
@@ -1008,9 +1047,15 @@ def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> Cas
         why = compare(fg, eg, rg if all(g is not None for g in rg) else None, prog.dtype)
         if why:
             problems.append(f"{k}.grad {why}")
-    if problems and known_mismatch_e2e(prog):
-        res.known_bug = known_mismatch_e2e(prog)
-        problems = []
+    if problems:
+        # a known kernel bug explains it when the per-kernel check pins it on one
+        try:
+            bugs = check_codegen(prog, seed=seed, traced=traced).known_bugs & set(KNOWN_MISMATCHES)
+        except SilentMismatch:
+            bugs = set()
+        if bugs:
+            res.known_bugs |= bugs
+            problems = []
     if problems:
         raise SilentMismatch(
             "fused training step disagrees with eager:\n  " + "\n  ".join(problems)
@@ -1061,8 +1106,8 @@ def main(argv=None) -> int:
                 continue
             totals[kind][0] += 1
             totals[kind][1] += r.seconds
-            if r.known_bug:
-                known[r.known_bug] = known.get(r.known_bug, 0) + 1
+            for bug in r.known_bugs:
+                known[bug] = known.get(bug, 0) + 1
             cands += r.candidates
             used += r.used
             specials += r.special_checks

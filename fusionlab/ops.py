@@ -223,7 +223,7 @@ POINTWISE: dict[object, Pointwise] = {
     aten.bitwise_xor.Tensor: _fmt("{0} ^ {1}"),
     aten.isnan.default: _fmt("{0} != {0}"),
     aten.isinf.default: _fmt("tl.abs({0}) == float(\"inf\")"),
-    aten.sign.default: _fmt("tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, {0} * 0.0))"),
+    aten.sign.default: _fmt("tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0))"),
     prims.fma.default: _fmt("{0} * {1} + {2}"),
     prims.convert_element_type.default: Pointwise(_cast, tensor_args=(0,)),
     aten._to_copy.default: Pointwise(_cast, tensor_args=(0,)),

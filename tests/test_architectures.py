@@ -79,7 +79,7 @@ def train_side_by_side(model, batches, *, loss_fn=None, capture_inputs=None, see
         for _ in range(n):
             inputs = batches(i)
             losses = []
-            for m, step, opt in ((m_f, fused, opt_f), (m_e, eager, opt_e)):
+            for step, opt in ((fused, opt_f), (eager, opt_e)):
                 opt.zero_grad(set_to_none=True)
                 if seed_each_step is not None:
                     torch.manual_seed(seed_each_step + i)

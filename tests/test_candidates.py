@@ -125,7 +125,9 @@ def test_candidates_are_well_formed(found, name):
         launching = [n for n in c.nodes if ops.launches_kernel(g.nodes[n].kind)]
         assert c.kernels_unfused == len(launching) >= 2
         assert c.bytes_fused == sum(_bytes(fx[i]) for i in c.inputs) + sum(_bytes(fx[o]) for o in c.outputs)
-        assert c.bytes_saved == c.bytes_unfused - c.bytes_fused > 0
+        # a horizontal group (q/k/v copies) saves launches, not bytes
+        assert c.bytes_saved == c.bytes_unfused - c.bytes_fused >= 0
+        assert c.bytes_saved > 0 or c.pattern == "copy"
         # domain: reduced dims lie in the domain; a reduction group has a reduction member
         assert all(0 <= d < len(c.domain) for d in c.reduce_dims)
         assert c.kind == ("reduction" if c.reduce_dims else "pointwise")
@@ -299,7 +301,7 @@ def test_ids_do_not_depend_on_the_batch_size(found):
     m = zoo.get("gpt2-block", batch=3)
     other = find_candidates(fusionlab.capture(m.model, *m.inputs, loss_fn=m.loss_fn))
     assert _ids(other) == _ids(first)
-    assert all(a.bytes_saved > b.bytes_saved for a, b in zip(other, first))
+    assert all(a.bytes_saved > b.bytes_saved or a.bytes_saved == b.bytes_saved == 0 for a, b in zip(other, first))
 
 
 # --------------------------------------------------------------------------- small models
