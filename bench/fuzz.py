@@ -747,23 +747,16 @@ KNOWN_LIMITS = {
 
 
 # Known wrong values, by the conditions that produce them (each with a strict xfail test):
-#   sign-nan        torch.sign(nan) is 0, the kernel's sign gives nan (ops.py); abs' backward
-#                   multiplies by sign, so a NaN input gets a NaN grad where eager gives 0
 #   bf16-cast       the Triton interpreter converts int/bool values to bf16 by reinterpreting
 #                   bits (True -> 0.0): a check on random inputs can pass (all False) and the
 #                   real values come out wrong (ops.cast_expr)
 #   narrow-compare  a comparison of an fp16/bf16 value the kernel holds unrounded in fp32
 #                   flips where eager's rounded value does not (x < x*w*x), and the mask then
 #                   selects other values (lower.py)
-KNOWN_MISMATCHES = ("sign-nan", "bf16-cast", "narrow-compare")
+KNOWN_MISMATCHES = ("bf16-cast", "narrow-compare")
 _CMP = {getattr(getattr(torch.ops.aten, op), ov) for op in ("eq", "ne", "lt", "le", "gt", "ge")
         for ov in ("Tensor", "Scalar")}
 _NARROW = (torch.float16, torch.bfloat16)
-
-
-def _has_nan(tensors) -> bool:
-    return any(isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any())
-               for t in tensors)
 
 
 def _dtype_of(node) -> torch.dtype | None:
@@ -774,8 +767,6 @@ def _dtype_of(node) -> torch.dtype | None:
 def known_mismatch_codegen(kernel, ins) -> str | None:
     """Which known bug explains a kernel that disagrees with eager on real values, if any."""
     nodes = list(kernel.subgraph.graph.nodes)
-    if any(n.target is torch.ops.aten.sign.default for n in nodes) and _has_nan(ins):
-        return "sign-nan"
     for n in nodes:
         if n.target in _CASTS and n.args[1:2] == (torch.bfloat16,):
             src = _dtype_of(n.args[0])

@@ -134,6 +134,10 @@ def launch_config(ir: KernelIR, kind: str, device: str) -> dict[str, int]:
     else:
         rb = min(next_pow2(lay.rnumel), 1024 if device == "cuda" else 8192)
     xb = max(1, min(next_pow2(lay.xnumel), tile // rb))
+    if device == "cuda":
+        # keep enough programs to fill a GPU's SMs (~100+): fewer rows per program when rows are few
+        while xb > 1 and -(-lay.xnumel // xb) < 128:
+            xb //= 2
     return {"XBLOCK": xb, "RBLOCK": rb, "num_warps": max(1, min(8, (xb * rb) // 256))}
 
 

@@ -59,7 +59,7 @@ def launch_fused_inf0_reduction_0(in_x_1, *, config=None):
     _check(in_x_1, (8, 96), (96, 1), torch.float32, 'x_1')
     out_div = torch.empty_strided((8, 96), (96, 1), dtype=torch.float32, device=in_x_1.device)
     if config is None:
-        config = {'XBLOCK': 8, 'RBLOCK': 128, 'num_warps': 4} if in_x_1.device.type == "cpu" else {'XBLOCK': 8, 'RBLOCK': 128, 'num_warps': 4}
+        config = {'XBLOCK': 8, 'RBLOCK': 128, 'num_warps': 4} if in_x_1.device.type == "cpu" else {'XBLOCK': 1, 'RBLOCK': 128, 'num_warps': 1}
     meta = dict(config)
     num_warps = meta.pop("num_warps")
     grid = (triton.cdiv(8, meta["XBLOCK"]),)
