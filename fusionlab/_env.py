@@ -31,16 +31,35 @@ def _decide_interpreter() -> bool:
 
 INTERPRET: bool = _decide_interpreter()
 
+def _reinterpret_triton_language() -> None:
+    """Triton was imported before the interpreter was switched on (``import torch._inductor``
+    does that): its standard library (``tl.sum``, ``tl.max`` ...) was then decorated as
+    compiled JIT functions, which an interpreted kernel cannot call. Re-wrap them the way
+    ``@triton.jit`` does under ``TRITON_INTERPRET=1``."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for mod in {tl, tl.standard, tl.math}:
+        for name, obj in list(vars(mod).items()):
+            if isinstance(obj, JITFunction):
+                setattr(mod, name, InterpretedFunction(obj.fn))
+
+
 if INTERPRET:
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        warnings.warn(
-            "fusionlab: triton was imported before fusionlab without TRITON_INTERPRET=1, so "
-            "generated kernels cannot run in the Triton interpreter in this process. "
-            "Import fusionlab first (or set TRITON_INTERPRET=1 before starting Python).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    preimported = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
     os.environ["TRITON_INTERPRET"] = "1"
+    if preimported:
+        try:
+            _reinterpret_triton_language()
+        except Exception as e:  # noqa: BLE001 - say what to do instead of failing later
+            warnings.warn(
+                "fusionlab: triton was imported before fusionlab without TRITON_INTERPRET=1 and "
+                f"could not be switched to the interpreter ({e}); generated kernels will fail "
+                "their checks and run unfused. Import fusionlab first.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def executor_name() -> str:

@@ -257,3 +257,28 @@ def test_golden_softmax_kernel():
         path.parent.mkdir(exist_ok=True)
         path.write_text(_normalise(ks.source))
     assert _normalise(ks.source) == path.read_text()
+
+
+def test_kernels_run_when_triton_was_imported_before_fusionlab():
+    """`import torch._inductor` imports triton; the interpreter must still work afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch._inductor.decomposition, sys\n"
+        "assert 'triton' in sys.modules\n"
+        "import fusionlab, torch\n"
+        "from fusionlab.candidates import graph_candidates\n"
+        "from fusionlab.capture import CapturedGraph, node_facts\n"
+        "from fusionlab.build.kernel import build_kernel\n"
+        "from torch.fx.experimental.proxy_tensor import make_fx\n"
+        "from torch._inductor.decomposition import select_decomp_table\n"
+        "gm = make_fx(lambda x: torch.softmax(x, -1), decomposition_table=select_decomp_table())(torch.randn(3, 9))\n"
+        "g = CapturedGraph(0, 'inference', gm, node_facts(gm))\n"
+        "k, status = build_kernel(graph_candidates(g)[0][0], g, seed=0)\n"
+        "assert status.used, status\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
