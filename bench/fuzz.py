@@ -604,20 +604,43 @@ def run_float64(gm: torch.fx.GraphModule, args: list, noise: torch.Generator | N
 
     Without `noise`: the "ideal" result a fused kernel aims at (it keeps fp32 where eager
     rounds after every fp16/bf16 op). With `noise`: every op's result is perturbed by a
-    random relative `eps`, one more rounding any valid implementation might do; the spread
-    of such runs says how ill-conditioned a value is.
+    random `eps` relative to its size, one more rounding any valid implementation might do
+    (for a sum or mean: to the size of its terms, where a different order of additions
+    loses its bits); the spread of such runs says how ill-conditioned a value is.
     """
+    from fusionlab import ops
 
     def up(x):
         return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
-    def jitter(x):
+    def jitter(x, scale=None):
         if noise is None or not (isinstance(x, torch.Tensor) and x.is_floating_point()) or x.numel() == 0:
             return x
         u = torch.rand(x.shape, generator=noise, dtype=torch.float64) * 2 - 1
-        return x * (1 + eps * u)
+        return x + eps * u * (x.abs() if scale is None else torch.maximum(scale, x.abs()))
+
+    def term_sizes(node, a):
+        """Per result: the size of the terms a sum/mean/variance adds up, else None."""
+        if noise is None or ops.kind_of(node) != "reduction":
+            return None
+        spec = ops.reduction_spec(node)
+        x = a[0]
+        if spec.op not in ("sum", "mean", "var", "var_mean") or not spec.dims or not x.is_floating_point():
+            return None
+        dims, keep = list(spec.dims), spec.keepdim
+        if spec.op == "sum":
+            return [x.abs().sum(dims, keepdim=keep)]
+        mean_size = x.abs().mean(dims, keepdim=keep)
+        if spec.op == "mean":
+            return [mean_size]
+        var_size = (x * x).mean(dims, keepdim=keep)
+        return [var_size] if spec.op == "var" else [var_size, mean_size]
 
     class Float64(torch.fx.Interpreter):
+        def run_node(self, n):
+            self.node = n
+            return super().run_node(n)
+
         def call_function(self, target, a, kw):
             if target in _CASTS:
                 dt = a[1] if len(a) > 1 else kw.get("dtype")
@@ -626,9 +649,11 @@ def run_float64(gm: torch.fx.GraphModule, args: list, noise: torch.Generator | N
             kw = {k: (torch.float64 if isinstance(v, torch.dtype) and v.is_floating_point else v)
                   for k, v in kw.items()}
             out = super().call_function(target, a, kw)
+            sizes = term_sizes(self.node, a)
             if isinstance(out, (list, tuple)):
-                return type(out)(jitter(up(o)) for o in out)
-            return jitter(up(out))
+                sizes = sizes or [None] * len(out)
+                return type(out)(jitter(up(o), z) for o, z in zip(out, sizes))
+            return jitter(up(out), sizes[0] if sizes else None)
 
     with torch.no_grad():
         return list(Float64(gm).run(*[up(a) for a in args]))
@@ -728,18 +753,11 @@ class SilentMismatch(AssertionError):
     """A fused result that disagrees with eager while nothing refused it."""
 
 
-# Bugs found by this fuzzer that the core does not fix yet, by a signature of the failure.
-# Each has a strict xfail test in tests/test_fuzz.py; a case that hits one counts as known
-# (reported by the script, tolerated by the tests) instead of failing.
-KNOWN_BUGS = {
-    # the generated launcher raises when an input's strides differ from the traced ones:
-    # size-1 dims (arbitrary strides), and broadcast results eager lays out differently
-    # from fake tensors (emit.py `_check`; the patch copies into the traced layout)
-    "launcher-strides": re.compile(
-        r"kernel was generated for shape (\([^)]*\)), stride \(([^)]*)\), \S+; got shape \1, stride"
-    ),
-}
-KNOWN_BUGS["select-all-cycle"] = re.compile(r"PlanError: selecting .* together would form a cycle")
+# Bugs found by this fuzzer that the core does not fix yet, by a signature of the exception
+# they raise. Each has a strict xfail test in tests/test_fuzz.py; a case that hits one counts
+# as known (reported by the script, tolerated by the tests) instead of failing. (Fixed so
+# far: the launcher rejecting another layout of an input, select_all() failing on a cycle.)
+KNOWN_BUGS: dict[str, re.Pattern] = {}
 # What the Triton interpreter (3.9) does differently from a GPU, worked around by the generator:
 KNOWN_LIMITS = {
     "bf16-denormals": "the interpreter flushes bf16 denormals to zero when converting to fp32",
@@ -747,13 +765,11 @@ KNOWN_LIMITS = {
 
 
 # Known wrong values, by the conditions that produce them (each with a strict xfail test):
-#   bf16-cast       the Triton interpreter converts int/bool values to bf16 by reinterpreting
-#                   bits (True -> 0.0): a check on random inputs can pass (all False) and the
-#                   real values come out wrong (ops.cast_expr)
 #   narrow-compare  a comparison of an fp16/bf16 value the kernel holds unrounded in fp32
-#                   flips where eager's rounded value does not (x < x*w*x), and the mask then
-#                   selects other values (lower.py)
-KNOWN_MISMATCHES = ("bf16-cast", "narrow-compare")
+#                   flips where eager's rounded value does not (x < x*w*x, or x*w > 0 where
+#                   fp16 underflows to 0), and the mask then selects other values (lower.py)
+# (Fixed so far: sign(nan); bf16 casts and rounding in the interpreter.)
+KNOWN_MISMATCHES = ("narrow-compare",)
 _CMP = {getattr(getattr(torch.ops.aten, op), ov) for op in ("eq", "ne", "lt", "le", "gt", "ge")
         for ov in ("Tensor", "Scalar")}
 _NARROW = (torch.float16, torch.bfloat16)
@@ -766,17 +782,21 @@ def _dtype_of(node) -> torch.dtype | None:
 
 def known_mismatch_codegen(kernel, ins) -> str | None:
     """Which known bug explains a kernel that disagrees with eager on real values, if any."""
-    nodes = list(kernel.subgraph.graph.nodes)
-    for n in nodes:
-        if n.target in _CASTS and n.args[1:2] == (torch.bfloat16,):
-            src = _dtype_of(n.args[0])
-            if src is not None and not src.is_floating_point:
-                return "bf16-cast"
-    for n in nodes:
-        if n.target in _CMP and any(a.op != "placeholder" and _dtype_of(a) in _NARROW
-                                    for a in n.all_input_nodes):
+    for n in kernel.subgraph.graph.nodes:
+        if n.target in _CMP and any(_computed_narrow(a) for a in n.all_input_nodes):
             return "narrow-compare"
     return None
+
+
+def _computed_narrow(node) -> bool:
+    """Is `node` (through casts) an fp16/bf16 value computed inside the group?"""
+    while node.op != "placeholder":
+        if _dtype_of(node) in _NARROW:
+            return True
+        if node.target not in _CASTS:
+            return False
+        node = node.args[0]
+    return False
 
 
 def known_bug(exc: BaseException) -> str | None:
@@ -909,12 +929,8 @@ def check_codegen(prog: Program, seed: int = 0, traced: Traced | None = None) ->
             ins = [env[i] for i in c.inputs]
             if not all(isinstance(t, torch.Tensor) for t in ins):
                 continue
-            # the values that reached this group in the real program (special values); in
-            # the traced layout, as the launcher will take them once KNOWN_BUGS is fixed
-            fixed = [_restride(t, spec[3]) for t, spec in zip(ins, kernel.source.meta["inputs"])]
-            ins = [t for t, _ in fixed]
-            if any(copied for _, copied in fixed):
-                res.known_bugs.add("launcher-strides")
+            # the values that reached this group in the real program: special values, and
+            # the strides eager gave them (not always the traced ones)
             got = kernel(*ins)
             expected = kernel.subgraph(*ins)
             gen = torch.Generator().manual_seed(seed)
@@ -934,18 +950,6 @@ def check_codegen(prog: Program, seed: int = 0, traced: Traced | None = None) ->
                     )
     res.seconds = time.perf_counter() - start
     return res
-
-
-def _restride(t: torch.Tensor, stride) -> tuple[torch.Tensor, bool]:
-    """(`t` in the traced layout `stride`, whether that took a copy: KNOWN_BUGS["launcher-strides"])."""
-    if t.dim() != len(stride) or all(a == b for a, b, n in zip(t.stride(), stride, t.shape) if n != 1):
-        return (t if t.dim() != len(stride) else t.as_strided(t.shape, stride)), False
-    src = t
-    for d, (n, st) in enumerate(zip(t.shape, stride)):
-        if st == 0 and n != 1:
-            src = src.narrow(d, 0, 1)
-    buf = torch.empty_strided(tuple(src.shape), stride, dtype=t.dtype, device=t.device)
-    return buf.copy_(src).expand(t.shape), True
 
 
 def _node_values(gm: torch.fx.GraphModule, args: list) -> dict:

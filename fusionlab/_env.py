@@ -20,6 +20,43 @@ import warnings
 FUSIONLAB_DEBUG = int(os.environ.get("FUSIONLAB_DEBUG", "0") or 0)
 
 
+MIN_TRITON = (3, 2)
+
+
+def _check_triton_version() -> None:
+    """Fail at import, naming the problem, when triton is missing or too old for fusionlab."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        mod = sys.modules.get("triton")
+        version = getattr(mod, "__version__", None) if mod is not None else None
+        if version is None:
+            try:
+                import importlib.util
+
+                if importlib.util.find_spec("triton") is None:
+                    raise ImportError(
+                        "fusionlab needs triton >= 3.2 (pip install triton); it is not installed"
+                    ) from None
+            except ValueError:
+                return
+            return
+    parts = []
+    for p in version.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_TRITON:
+        raise ImportError(
+            f"fusionlab needs triton >= {'.'.join(map(str, MIN_TRITON))}, found triton {version} "
+            "(pip install -U triton)"
+        )
+
+
+_check_triton_version()
+
+
 def _decide_interpreter() -> bool:
     forced = os.environ.get("FUSIONLAB_INTERPRET")
     if forced is not None and forced.strip() != "":

@@ -233,6 +233,12 @@ class FusedStep(torch.nn.Module):
         self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
 
     def forward(self, *inputs):
+        from .capture import CaptureError, _check_inputs
+
+        try:
+            _check_inputs(self.model, inputs)
+        except CaptureError as e:
+            raise ValueError(f"fused step: {e}") from None
         if not self.step.train_step:
             with torch.no_grad():
                 return self._compiled(*inputs)
@@ -244,4 +250,6 @@ def compile_model(plan, model=None, **options) -> FusedStep:
     model = model if model is not None else plan.capture.meta.get("model")
     if model is None:
         raise ValueError("plan.compile(model): pass the model to fuse")
+    if not (isinstance(model, torch.nn.Module) or callable(model)):
+        raise TypeError(f"plan.compile needs a torch.nn.Module or a callable, got {type(model).__name__}")
     return FusedStep(plan, model, **options)

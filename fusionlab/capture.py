@@ -547,6 +547,12 @@ def _explain_failure(model: Any, e: Exception) -> str:
     name = _model_name(model)
     text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
+    if "raised:" in text and "backend=" in first:
+        # BackendCompilerFailed: the real error is on the lines after "raised:"
+        inner = [ln for ln in text.split("raised:", 1)[1].splitlines() if ln.strip()]
+        if inner:
+            first = inner[0].strip()
+            return f"running one training step of {name} failed: {first}"
     cause = re.search(r"got (\w+Error)\((['\"])(.*?)\2\)", text, re.S)
     if cause:
         first = f"{first}: {cause.group(1)}: {cause.group(3)}"

@@ -73,6 +73,7 @@ class FusionPlan:
         self.candidates = candidates if candidates is not None else find_candidates(capture)
         self._by_id = {c.id: c for c in self.candidates}
         self._selected: dict[str, Candidate] = {}
+        self.skipped: list[tuple[str, str]] = []  # (id, why) left out by select_all
         self._owner: dict[tuple[str, str], str] = {}  # (graph, node) -> candidate id
         self._index = {
             g.tag: {n.name: i for i, n in enumerate(g.gm.graph.nodes)} for g in capture.graphs
@@ -89,7 +90,8 @@ class FusionPlan:
         out: list[Candidate] = []
         for key in keys:
             if isinstance(key, Candidate):
-                if key.id not in self._by_id:
+                mine = self._by_id.get(key.id)
+                if mine is None or (mine.nodes, mine.domain) != (key.nodes, key.domain):
                     raise PlanError(f"candidate {key.id} does not belong to this plan's capture")
                 found = [self._by_id[key.id]]
             elif isinstance(key, str):
@@ -127,7 +129,21 @@ class FusionPlan:
         return self
 
     def select_all(self) -> FusionPlan:
-        self._commit({c.id: c for c in self.candidates})
+        """Select every candidate; one that would close a cycle with those before it is skipped
+        (``plan.skipped`` says which)."""
+        try:
+            self._commit({c.id: c for c in self.candidates})
+            self.skipped = []
+        except PlanError:
+            chosen: dict[str, Candidate] = {}
+            self.skipped = []
+            for c in self.candidates:
+                try:
+                    self._commit({**chosen, c.id: c})
+                    chosen[c.id] = c
+                except PlanError as e:
+                    self.skipped.append((c.id, str(e)))
+            self._commit(chosen)
         return self
 
     def clear(self) -> FusionPlan:

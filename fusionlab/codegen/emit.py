@@ -52,6 +52,15 @@ def _row_min(x):
 
 
 @triton.jit
+def _round_bf16(x):
+    # fp32 -> the nearest bf16 value (ties to even), still held in fp32: torch rounds this
+    # way, while a plain .to(tl.bfloat16) in the Triton interpreter truncates
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def _tanh(x):
     # 2 sigmoid(2x) - 1 cancels near 0: use the odd series there (error < 3e-8 relative)
     x2 = x * x
@@ -94,7 +103,7 @@ def _floordiv(a, b):
     return tl.where((a % b != 0) & ((a < 0) != (b < 0)), q - 1, q)
 '''
 
-_HELPER_NAMES = ("_max_nan", "_min_nan", "_row_max", "_row_min", "_tanh", "_pow", "_expm1", "_log1p", "_trunc", "_floordiv")
+_HELPER_NAMES = ("_max_nan", "_min_nan", "_row_max", "_row_min", "_round_bf16", "_tanh", "_pow", "_expm1", "_log1p", "_trunc", "_floordiv")
 
 
 class _Writer:
@@ -319,7 +328,11 @@ class _Emitter:
         if conds:
             mask = " & ".join([mask] + conds)
         out = next(o for o in self.ir.outputs if o.key == st.key)
-        ptr = f"{st.key} + {off}" if off != "0" else f"{st.key} + 0 * xindex"
+        if out.dtype == torch.bfloat16:
+            val = f"_round_bf16({val})"
+        if off == "0" or (tile_cls == "xr" and not lay.varies(st.key, "x")):
+            off = "0 * xindex" if off == "0" else f"{off} + 0 * xindex"  # a pointer per row
+        ptr = f"{st.key} + {off}"
         dt = str(out.dtype).replace("torch.", "")
         self.w(f"tl.store({ptr}, {val}, mask={mask})", f"{out.node}: {dt}[{'x'.join(map(str, out.shape)) or 'scalar'}]")
 
@@ -481,7 +494,7 @@ def _launcher(ir: KernelIR, kind: str, gpu: dict, cpu: dict) -> str:
                  f'returns {", ".join(t.node for t in ir.outputs)}."""')
     first = ins[0] if ins else None
     for t in ir.inputs:
-        lines.append(f"    _check({t.key}, {t.shape!r}, {t.stride!r}, {t.dtype}, {t.node!r})")
+        lines.append(f"    {t.key} = _check({t.key}, {t.shape!r}, {t.stride!r}, {t.dtype}, {t.node!r})")
     dev = f"{first}.device" if first else '"cuda"'
     for t in ir.outputs:
         lines.append(
@@ -497,9 +510,14 @@ def _launcher(ir: KernelIR, kind: str, gpu: dict, cpu: dict) -> str:
     outs = [t.key for t in ir.outputs]
     lines.append(f"    return {', '.join(outs)}" + ("," if len(outs) == 1 else ""))
     check = '''def _check(t, shape, stride, dtype, name):
-    if tuple(t.shape) != shape or tuple(t.stride()) != stride or t.dtype != dtype:
+    # the kernel's index math assumes these strides: another layout of the same tensor is
+    # copied into it (size-1 dims may have any stride); another shape or dtype is an error
+    if tuple(t.shape) != shape or t.dtype != dtype:
         raise ValueError(
-            f"{name}: kernel was generated for shape {shape}, stride {stride}, {dtype}; "
-            f"got shape {tuple(t.shape)}, stride {tuple(t.stride())}, {t.dtype}"
-        )'''
+            f"{name}: kernel was generated for shape {shape}, {dtype}; "
+            f"got shape {tuple(t.shape)}, {t.dtype}"
+        )
+    if any(n > 1 and a != b for n, a, b in zip(shape, t.stride(), stride)):
+        t = torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
+    return t'''
     return check + "\n\n\n" + "\n".join(lines)

@@ -48,15 +48,20 @@ def fused_inf0_reduction_0(in_x_1, out_div, XBLOCK: tl.constexpr, RBLOCK: tl.con
     tl.store(out_div + r0 + 96 * x0, div, mask=mask)  # div: float32[8x96]
 
 def _check(t, shape, stride, dtype, name):
-    if tuple(t.shape) != shape or tuple(t.stride()) != stride or t.dtype != dtype:
+    # the kernel's index math assumes these strides: another layout of the same tensor is
+    # copied into it (size-1 dims may have any stride); another shape or dtype is an error
+    if tuple(t.shape) != shape or t.dtype != dtype:
         raise ValueError(
-            f"{name}: kernel was generated for shape {shape}, stride {stride}, {dtype}; "
-            f"got shape {tuple(t.shape)}, stride {tuple(t.stride())}, {t.dtype}"
+            f"{name}: kernel was generated for shape {shape}, {dtype}; "
+            f"got shape {tuple(t.shape)}, {t.dtype}"
         )
+    if any(n > 1 and a != b for n, a, b in zip(shape, t.stride(), stride)):
+        t = torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
+    return t
 
 def launch_fused_inf0_reduction_0(in_x_1, *, config=None):
     """Run fused_inf0_reduction_0: takes x_1; returns div."""
-    _check(in_x_1, (8, 96), (96, 1), torch.float32, 'x_1')
+    in_x_1 = _check(in_x_1, (8, 96), (96, 1), torch.float32, 'x_1')
     out_div = torch.empty_strided((8, 96), (96, 1), dtype=torch.float32, device=in_x_1.device)
     if config is None:
         config = {'XBLOCK': 8, 'RBLOCK': 128, 'num_warps': 4} if in_x_1.device.type == "cpu" else {'XBLOCK': 1, 'RBLOCK': 128, 'num_warps': 1}
