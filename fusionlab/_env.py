@@ -23,26 +23,40 @@ FUSIONLAB_DEBUG = int(os.environ.get("FUSIONLAB_DEBUG", "0") or 0)
 MIN_TRITON = (3, 2)
 
 
-def _check_triton_version() -> None:
-    """Fail at import, naming the problem, when triton is missing or too old for fusionlab."""
+def _triton_version() -> str | None:
+    """The version of the triton that `import triton` would load, without importing it."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec("triton")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None
+    if spec.origin and spec.origin.endswith(".py"):
+        try:
+            with open(spec.origin) as f:
+                found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read())
+            if found:
+                return found.group(1)
+        except OSError:
+            pass
     from importlib import metadata
 
     try:
-        version = metadata.version("triton")
+        return metadata.version("triton")
     except metadata.PackageNotFoundError:
-        mod = sys.modules.get("triton")
-        version = getattr(mod, "__version__", None) if mod is not None else None
-        if version is None:
-            try:
-                import importlib.util
+        return "unknown"
 
-                if importlib.util.find_spec("triton") is None:
-                    raise ImportError(
-                        "fusionlab needs triton >= 3.2 (pip install triton); it is not installed"
-                    ) from None
-            except ValueError:
-                return
-            return
+
+def _check_triton_version() -> None:
+    """Fail at import, naming the problem, when triton is missing or too old for fusionlab."""
+    version = _triton_version()
+    if version is None:
+        raise ImportError("fusionlab needs triton >= 3.2 (pip install triton); it is not installed")
+    if version == "unknown":
+        return
     parts = []
     for p in version.split("+")[0].split(".")[:2]:
         digits = "".join(ch for ch in p if ch.isdigit())

@@ -552,7 +552,11 @@ def _explain_failure(model: Any, e: Exception) -> str:
         inner = [ln for ln in text.split("raised:", 1)[1].splitlines() if ln.strip()]
         if inner:
             first = inner[0].strip()
-            return f"running one training step of {name} failed: {first}"
+            hint = ""
+            if "inplace operation" in first or "modified by an inplace" in text:
+                hint = (" (this comes from the model itself: eager PyTorch raises it too when the "
+                        "step's backward runs; use an out-of-place op)")
+            return f"running one training step of {name} failed: {first}{hint}"
     cause = re.search(r"got (\w+Error)\((['\"])(.*?)\2\)", text, re.S)
     if cause:
         first = f"{first}: {cause.group(1)}: {cause.group(3)}"

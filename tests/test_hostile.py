@@ -110,10 +110,6 @@ def test_model_that_raises_in_forward_is_left_unchanged():
     assert_unchanged(model, before)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the message is 'TorchDynamo cannot trace BadInPlace: "
-                   "backend=<...ExplainWithBackend object at 0x...> raised:' and names neither the "
-                   "problem (an in-place op autograd needed) nor that eager fails too (capture.py "
-                   "_explain_failure)")
 def test_autograd_error_in_the_model_is_named():
     model = BadInPlace()
     before = _state(model)
@@ -500,9 +496,6 @@ def test_without_triton_everything_runs_eagerly_and_says_why(tmp_path):
     assert not list(cache.rglob("*.tmp"))  # no half-written file left behind
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with triton 2.0.0 `import fusionlab` dies inside torch "
-                   "(AttributeError: module 'triton' has no attribute 'language'); fusionlab should "
-                   "say it needs triton >= 3.2 before torch imports it (_env.py)")
 def test_triton_too_old_is_named(tmp_path):
     r = _run("import fusionlab", OLD_TRITON, tmp_path)
     assert r.returncode != 0
