@@ -250,7 +250,8 @@ def test_literals_and_casts():
     assert ops.literal(float("-inf")) == 'float("-inf")'
     assert ops.literal(float("nan")) == 'float("nan")'
     assert ops.literal(torch.float16) == "tl.float16"
-    assert ops.cast_expr("v", torch.bfloat16) == "v.to(tl.bfloat16).to(tl.float32)"
+    assert ops.cast_expr("v", torch.bfloat16) == "_round_bf16(v.to(tl.float32))"
+    assert ops.cast_expr("v", torch.float16) == "v.to(tl.float32).to(tl.float16).to(tl.float32)"
     assert ops.cast_expr("v", torch.bool) == "(v != 0)"
     assert ops.compute_dtype(torch.float16) == torch.float32
     assert ops.compute_dtype(torch.int32) == torch.int32

@@ -75,9 +75,11 @@ def test_refused_selection_shows_plan_error_and_reverts(cap):
     assert [c.id for c in plan.selected] == [base[0].id]
     msg = text(ex.message)
     assert msg.startswith("refused") and "overlap" in msg
-    ex.select_all_button.click()  # also refused: the copy overlaps
-    assert [c.id for c in plan.selected] == [base[0].id]
+    ex.select_all_button.click()  # selects everything that fits: the overlapping copy is skipped
+    assert [c.id for c in plan.selected] == [c.id for c in base]
+    assert [cid for cid, _ in plan.skipped] == [dup.id]
     assert not ex.checkboxes[dup.id].value
+    assert all(ex.checkboxes[c.id].value for c in base)
 
 
 def test_kernel_pane_shows_triton_source_and_checks(ex):
