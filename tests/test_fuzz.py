@@ -392,10 +392,6 @@ def test_bf16_cast_of_a_mask_is_right_where_it_is_true():
     assert torch.equal(kernel(x)[0], fn(x))
 
 
-@pytest.mark.xfail(strict=True, reason="bug, silent: the kernel compares fp32 values where eager "
-                   "compares bf16-rounded ones (x < x*w*x), so a mask flips and selects the other "
-                   "value: lower.py should round fp16/bf16 op results as eager does, and the "
-                   "interpreter's fp32->bf16 conversion truncates (should round to nearest)")
 def test_bf16_comparison_sees_the_values_eager_sees():
     def fn(x, w):
         return torch.where(x < x * w * x, x, -x) * 1.0
@@ -427,3 +423,20 @@ def test_launcher_reads_a_materialized_copy_of_an_expanded_input():
     xm = x.contiguous()  # the same values, strides (8, 1) instead of the traced (0, 1)
     ins = [xm if name.startswith("x") else w for name in cand.inputs]
     torch.testing.assert_close(kernel(*ins)[0], fn(xm, w))
+
+
+@pytest.mark.xfail(strict=True, reason="bug (regression): lower.py rounds each fp16/bf16 op result "
+                   "before a constant is wrapped in tl.full, so the constant's Python literal gets "
+                   ".to(): every bf16/fp16 group with a constant (relu's backward, where(x, 0), full) "
+                   "fails its check (AttributeError: 'int' object has no attribute 'to') and runs unfused")
+@pytest.mark.parametrize("case", ["where0", "relu_backward", "full"])
+def test_bf16_group_with_a_constant_is_used(case):
+    bf = torch.bfloat16
+    fn = {
+        "where0": lambda x: torch.where(x > 0, x, torch.zeros((), dtype=bf)) * 2,
+        "relu_backward": lambda x: torch.ops.aten.threshold_backward(x * 2, x, 0.0) + 1,
+        "full": lambda x: x * 2 + torch.full((4, 8), 0.1, dtype=bf),
+    }[case]
+    x = torch.randn(4, 8, dtype=bf)
+    kernel, _ = _built(fn, x)
+    assert torch.equal(kernel(x)[0], fn(x))
