@@ -483,7 +483,26 @@ STEP = """
 """
 
 
+def test_triton_not_installed_is_named(tmp_path):
+    """No triton to be found at all: `import fusionlab` says so (and how to fix it)."""
+    hide = (
+        "import sys, importlib.abc\n"
+        "class NoTriton(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'triton' or name.startswith('triton.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'triton'\", name='triton')\n"
+        "sys.meta_path.insert(0, NoTriton())\n"
+        "import fusionlab\n"
+    )
+    r = _run(hide, "", tmp_path)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError") and "triton" in last and "not installed" in last, last
+
+
 def test_without_triton_everything_runs_eagerly_and_says_why(tmp_path):
+    """A triton that is installed but cannot be imported: everything runs as in eager, and
+    every report line says triton is why."""
     import json
 
     r = _run(STEP, NO_TRITON, tmp_path)
