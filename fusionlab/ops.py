@@ -146,6 +146,14 @@ def _fill(value_pos: int) -> Pointwise:
     return Pointwise(expr, tensor_args=())
 
 
+def _bitwise(op: str, a, dt) -> str:
+    if dt == torch.bool:
+        # on masks: `!= 0` makes both sides int1 blocks (the Triton interpreter's numpy `&`
+        # refuses a block mask with a 0-d mask, e.g. a row mask & a scalar condition)
+        return f"({a[0]} != 0) {op} ({a[1]} != 0)"
+    return f"{a[0]} {op} {a[1]}"
+
+
 def _div(a, k, dt) -> str:
     mode = k.get("rounding_mode")
     if mode in (None, "None"):
@@ -221,9 +229,9 @@ POINTWISE: dict[object, Pointwise] = {
     aten.logical_and.default: _fmt("({0} != 0) & ({1} != 0)"),
     aten.logical_or.default: _fmt("({0} != 0) | ({1} != 0)"),
     aten.bitwise_not.default: Pointwise(lambda a, k, dt: f"{a[0]} == 0" if dt == torch.bool else f"~{a[0]}"),
-    aten.bitwise_and.Tensor: _fmt("{0} & {1}"),
-    aten.bitwise_or.Tensor: _fmt("{0} | {1}"),
-    aten.bitwise_xor.Tensor: _fmt("{0} ^ {1}"),
+    aten.bitwise_and.Tensor: Pointwise(lambda a, k, dt: _bitwise("&", a, dt)),
+    aten.bitwise_or.Tensor: Pointwise(lambda a, k, dt: _bitwise("|", a, dt)),
+    aten.bitwise_xor.Tensor: Pointwise(lambda a, k, dt: _bitwise("^", a, dt)),
     aten.isnan.default: _fmt("{0} != {0}"),
     aten.isinf.default: _fmt("tl.abs({0}) == float(\"inf\")"),
     aten.sign.default: _fmt("tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0))"),

@@ -324,7 +324,7 @@ REFUSED = {
 }
 
 
-STILL_OPEN = {"mask_and_0d_mask"}
+STILL_OPEN: set[str] = set()  # every refusal found so far is fixed; add new ones here
 
 
 @pytest.mark.parametrize("case", [
@@ -410,10 +410,6 @@ def test_bf16_results_are_rounded_like_torch():
     assert torch.equal(kernel(x)[0], x.to(torch.bfloat16))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an input traced as expanded (stride 0) that arrives "
-                   "materialized crashes the launcher: it copies into torch.empty_strided(shape, "
-                   "(0, 1)), whose elements overlap (RuntimeError: more than one element of the "
-                   "written-to tensor refers to a single memory location) (emit.py _check)")
 def test_launcher_reads_a_materialized_copy_of_an_expanded_input():
     def fn(x, w):
         return torch.tanh(x * w) + 1
@@ -425,10 +421,6 @@ def test_launcher_reads_a_materialized_copy_of_an_expanded_input():
     torch.testing.assert_close(kernel(*ins)[0], fn(xm, w))
 
 
-@pytest.mark.xfail(strict=True, reason="bug (regression): lower.py rounds each fp16/bf16 op result "
-                   "before a constant is wrapped in tl.full, so the constant's Python literal gets "
-                   ".to(): every bf16/fp16 group with a constant (relu's backward, where(x, 0), full) "
-                   "fails its check (AttributeError: 'int' object has no attribute 'to') and runs unfused")
 @pytest.mark.parametrize("case", ["where0", "relu_backward", "full"])
 def test_bf16_group_with_a_constant_is_used(case):
     bf = torch.bfloat16

@@ -518,6 +518,11 @@ def _launcher(ir: KernelIR, kind: str, gpu: dict, cpu: dict) -> str:
             f"got shape {tuple(t.shape)}, {t.dtype}"
         )
     if any(n > 1 and a != b for n, a, b in zip(shape, t.stride(), stride)):
-        t = torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
+        # a dim traced as expanded (stride 0) holds one copy of its values
+        for d, (n, st) in enumerate(zip(shape, stride)):
+            if n > 1 and st == 0:
+                t = t.narrow(d, 0, 1)
+        t = torch.empty_strided(tuple(t.shape), stride, dtype=dtype, device=t.device).copy_(t)
+        t = t.expand(shape)
     return t'''
     return check + "\n\n\n" + "\n".join(lines)

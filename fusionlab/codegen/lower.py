@@ -251,14 +251,15 @@ class _Lowerer:
                 for i, a in enumerate(args)
             ]
         expr = pw.expr(args, kwargs, out_dtype)
-        if out_dtype in (torch.float16, torch.bfloat16) and node.target not in _CASTS:
-            # eager rounds every fp16/bf16 op's result to its dtype; so does the kernel, so a
-            # comparison or a where downstream sees the values eager sees
-            expr = ops.cast_expr(f"({expr})", out_dtype)
         tile = self._tile_of(deps)
         if tile == "s" and not deps:
             # a constant (full, scalar_tensor ...): hold it as a typed scalar
             expr = f"tl.full([], {expr}, {ops.TL_DTYPE[cdt]})"
+        if out_dtype in (torch.float16, torch.bfloat16) and node.target not in _CASTS:
+            # eager rounds every fp16/bf16 op's result to its dtype; so does the kernel, so a
+            # comparison or a where downstream sees the values eager sees (a constant is a
+            # tl.full by now: a Python literal has no .to())
+            expr = ops.cast_expr(f"({expr})", out_dtype)
         name = _safe(node.name)
         self.value[node.name] = self._emit(
             Stmt(name=name, kind="op", tile=tile, deps=tuple(dict.fromkeys(deps)),
