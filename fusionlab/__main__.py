@@ -30,7 +30,12 @@ def _demo(args) -> int:
         kernels = plan.kernels()
         print()
         print(kernels)
-        pick = next((k for k in kernels if args.show_kernel in (k.source.candidate_id, k.source.pattern)), None)
+        key = args.show_kernel
+        pick = next(
+            (k for k in kernels
+             if key in (k.source.candidate_id, k.source.pattern) or key in k.source.pattern.split("+")),
+            None,
+        )
         pick = pick or (kernels[0] if kernels else None)
         if pick is not None:
             print(f"\n== generated source of {pick.name} ({pick.source.candidate_id})\n")
