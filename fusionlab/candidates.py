@@ -474,7 +474,8 @@ def _is_named(c: str) -> bool:
     return c in _NAMED or c.removesuffix("_backward") in _NAMED
 
 
-def _tensor_bytes(node) -> int:
+def tensor_bytes(node) -> int:
+    """Bytes of the tensor(s) a node produces (a multi-output node: all of them)."""
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
     vals = val if isinstance(val, (list, tuple)) else [val]
     total = 0
@@ -491,14 +492,14 @@ def node_traffic(node: torch.fx.Node) -> int:
     """Modeled bytes one node moves when it runs as its own kernel: reads + writes."""
     if ops.kind_of(node) == "getitem":
         return 0
-    reads = sum(_tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
-    return reads + _tensor_bytes(node)
+    reads = sum(tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
+    return reads + tensor_bytes(node)
 
 
 def _costs(members, inputs, outputs) -> tuple[int, int, int]:
     kernels = sum(1 for m in members if ops.launches_kernel(ops.kind_of(m)))
     unfused = sum(node_traffic(m) for m in members)
-    fused = sum(_tensor_bytes(i) for i in inputs) + sum(_tensor_bytes(o) for o in outputs)
+    fused = sum(tensor_bytes(i) for i in inputs) + sum(tensor_bytes(o) for o in outputs)
     return kernels, unfused, fused
 
 

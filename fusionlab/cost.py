@@ -26,7 +26,7 @@ import torch
 import torch.fx
 
 from . import ops
-from .candidates import _fmt_bytes, find_candidates
+from .candidates import _fmt_bytes, find_candidates, tensor_bytes
 
 aten = torch.ops.aten
 
@@ -102,18 +102,7 @@ def get_gpu(gpu: str | GPUSpec) -> GPUSpec:
 # --------------------------------------------------------------------------- per node
 
 
-def tensor_bytes(node) -> int:
-    """Bytes of the tensor(s) a node produces (a multi-output node: all of them)."""
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    vals = val if isinstance(val, (list, tuple)) else [val]
-    total = 0
-    for v in vals:
-        if isinstance(v, torch.Tensor):
-            try:
-                total += v.numel() * v.dtype.itemsize
-            except TypeError:  # symbolic sizes
-                pass
-    return total
+# tensor_bytes: bytes of the tensor(s) a node produces, shared with the candidate search
 
 
 def _numel(node) -> int:
