@@ -15,7 +15,7 @@ node left out of all candidates gets a one-line reason.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.fx
@@ -95,12 +95,11 @@ class Candidate:
         )
 
 
-@dataclass
 class Candidates(list):
-    """The candidates of a capture (a list) plus why every other node was left out."""
+    """The candidates of a capture (a list) plus why every other node was left out.
 
-    capture: Capture | None = None
-    left_out: dict[tuple[str, str], str] = field(default_factory=dict)  # (graph, node) -> reason
+    ``left_out`` maps (graph tag, node name) to the reason.
+    """
 
     def __init__(self, items=(), capture=None, left_out=None):
         super().__init__(items)
@@ -474,17 +473,21 @@ def _is_named(c: str) -> bool:
     return c in _NAMED or c.removesuffix("_backward") in _NAMED
 
 
-def tensor_bytes(node) -> int:
-    """Bytes of the tensor(s) a node produces (a multi-output node: all of them)."""
+def node_tensors(node) -> list[torch.Tensor]:
+    """The (fake) tensor(s) a node produces, from its ``meta["val"]``."""
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
     vals = val if isinstance(val, (list, tuple)) else [val]
+    return [v for v in vals if isinstance(v, torch.Tensor)]
+
+
+def tensor_bytes(node) -> int:
+    """Bytes of the tensor(s) a node produces (a multi-output node: all of them)."""
     total = 0
-    for v in vals:
-        if isinstance(v, torch.Tensor):
-            try:
-                total += v.numel() * v.dtype.itemsize
-            except TypeError:
-                pass
+    for v in node_tensors(node):
+        try:
+            total += v.numel() * v.dtype.itemsize
+        except TypeError:  # symbolic sizes
+            pass
     return total
 
 

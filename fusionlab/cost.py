@@ -26,7 +26,7 @@ import torch
 import torch.fx
 
 from . import ops
-from .candidates import _fmt_bytes, find_candidates, tensor_bytes
+from .candidates import _fmt_bytes, find_candidates, node_tensors, tensor_bytes
 
 aten = torch.ops.aten
 
@@ -106,15 +106,12 @@ def get_gpu(gpu: str | GPUSpec) -> GPUSpec:
 
 
 def _numel(node) -> int:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    vals = val if isinstance(val, (list, tuple)) else [val]
     n = 0
-    for v in vals:
-        if isinstance(v, torch.Tensor):
-            try:
-                n += v.numel()
-            except TypeError:
-                pass
+    for v in node_tensors(node):
+        try:
+            n += v.numel()
+        except TypeError:  # symbolic sizes
+            pass
     return n
 
 

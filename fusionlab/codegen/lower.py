@@ -216,11 +216,7 @@ class _Lowerer:
                 self._lower_reduction(node)
             else:
                 raise LoweringError(f"{node.name} ({ops.op_name(node)}) is not pointwise or a reduction")
-        stores = []
-        for out in self.outputs:
-            node = self.nodes[out.node]
-            stores.append(Store(out.key, self.value[out.node], f"store {out.node}"))
-            del node
+        stores = [Store(out.key, self.value[out.node], f"store {out.node}") for out in self.outputs]
         return KernelIR(
             name=self.name, candidate=self.cand, layout=self.layout, stmts=self.stmts, stores=stores,
             inputs=self.inputs, outputs=self.outputs,
