@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_steps.py [--models gpt2-block gpt2-tiny] [--steps 60]
         [--warmup 10] [--threads 1] [--batch B] [--optimizer adamw] [--html-dir DIR]
+        [--executor auto|inductor|inductor-groups]
 
 For each zoo model, ``fusionlab.profile`` runs whole training steps (forward, loss,
 backward, AdamW step, zero_grad) of four variants, each on its own copy of the model,
@@ -10,8 +11,9 @@ interleaved step by step (the order rotating every round):
   eager      the model as written (native ATen ops: layer_norm, gelu, softmax are one op each)
   unfused    the captured, decomposed ATen graphs run op by op (nothing fused): the
              baseline fusion is measured against
-  fusionlab  select-all plan; every group compiled alone into one C++ kernel by Inductor
-             (``InductorGroupExecutor``, checked against eager); every other op as in eager
+  fusionlab  select-all plan; every group compiled alone by Inductor and checked against
+             eager, then each graph compiled whole by Inductor with fusion allowed only
+             inside the groups (``InductorGraphExecutor``); every other op its own loop
   inductor   plain ``torch.compile`` of the same step function
 
 Reported: median step time and spread (IQR, min) over the measured steps, ratios, kernels
@@ -44,7 +46,8 @@ def bench_model(name: str, args) -> dict:
     zm = zoo.get(name, batch=args.batch)
     plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
     res = profile(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=args.steps, warmup=args.warmup,
-                  compare=args.compare, optimizer=args.optimizer, gpu=args.gpu, model_name=name)
+                  compare=args.compare, optimizer=args.optimizer, gpu=args.gpu, model_name=name,
+                  executor=args.executor)
     if args.html_dir:
         os.makedirs(args.html_dir, exist_ok=True)
         res.to_html(os.path.join(args.html_dir, f"profile_{name}.html"))
@@ -65,6 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--compare", default="eager,unfused,fusionlab,inductor")
     ap.add_argument("--gpu", default="h100")
+    ap.add_argument("--executor", default="auto",
+                    help="fusionlab variant: auto | inductor (whole graph, fusion only in groups) | "
+                         "inductor-groups (each group its own compiled call) | triton")
     ap.add_argument("--html-dir", default=None)
     args = ap.parse_args(argv)
     if args.threads:

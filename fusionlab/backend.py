@@ -36,6 +36,7 @@ class BackendReport:
     executor: str = "triton"
     kernels: list[KernelStatus] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # graphs an executor could not compile whole
 
     @property
     def used(self) -> list[KernelStatus]:
@@ -50,7 +51,7 @@ class BackendReport:
         lines = [f"fusionlab backend: {len(self.used)} kernels in use, {len(self.failed)} left unfused "
                  f"(executor: {where})"]
         lines += ["  " + str(k) for k in self.kernels]
-        lines += [f"  {u}" for u in self.unmatched]
+        lines += [f"  {u}" for u in self.unmatched + self.fallbacks]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -144,7 +145,10 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
     ``executor(candidate, graph) -> (callable | None, KernelStatus)`` replaces the Triton
     build for each group (the profiler uses one that compiles each group alone with
     Inductor's CPU backend); the callable takes the group's inputs and returns a tuple of
-    its outputs.
+    its outputs. An executor that also has ``compile_graph(kind, gm, example_inputs,
+    groups)`` compiles each graph whole once its groups passed their checks (see
+    :class:`fusionlab.executors.InductorGraphExecutor`); if that raises, the graph is
+    rewritten with the per-group callables instead and ``report.fallbacks`` says why.
     """
     report = BackendReport()
     report.executor = "triton" if executor is None else getattr(executor, "name", "custom")
@@ -200,6 +204,13 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         report.graphs.append(ref.tag)
         if not chosen:
             return None
+        if hasattr(executor, "compile_graph"):
+            try:
+                return executor.compile_graph(kind, gm, _example, [c for c, _ in chosen])
+            except Exception as e:  # noqa: BLE001 - the per-group graph below still fuses every group
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                report.fallbacks.append(f"{ref.tag}: whole-graph compile failed ({type(e).__name__}: {msg}); "
+                                        "its groups run as separately compiled calls")
         try:
             return rewrite(gm, chosen).forward
         except Exception as e:  # noqa: BLE001 - fall back to the unfused graph, loudly

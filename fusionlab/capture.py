@@ -407,6 +407,8 @@ def aten_backend(on_graph: Callable[[str, torch.fx.GraphModule, list], Any]):
     def compiler(kind):
         def compile_graph(gm: torch.fx.GraphModule, example_inputs):
             fn = on_graph(kind, gm, example_inputs)
+            if getattr(fn, "_boxed_call", False):  # an Inductor-compiled graph: call(list of args)
+                return fn
             return make_boxed_func(fn if fn is not None else gm.forward)
 
         return compile_graph

@@ -13,6 +13,14 @@ CPU). Fusion therefore happens only inside the groups the user picked; every oth
 runs as in eager. Each compiled group is checked against the eager subgraph on fresh
 random inputs with the captured shapes, dtypes and strides, and refused (it runs unfused,
 ``KernelStatus.used == False`` with the reason) on any mismatch.
+
+:class:`InductorGraphExecutor` (what ``profile`` uses on CPU) builds and checks each group
+the same way, then also implements ``compile_graph(kind, gm, example_inputs, groups)``:
+the backend hands it the whole forward or backward graph, which Inductor compiles in one
+piece under a fusion policy (an op's value is stored unless every reader is in its group;
+the scheduler merges loop nests only inside one group). The step then runs Inductor's
+generated wrapper instead of the FX graph's Python code, which costs the per-group
+executor several hundred microseconds a step in views, getitems and unfused ops.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.fx
@@ -186,6 +195,10 @@ class InductorGroupExecutor:
     def __repr__(self) -> str:
         return f"<InductorGroupExecutor: {len(self.groups)} groups compiled>"
 
+    def describe(self) -> str:
+        return ("each selected group is compiled alone by Inductor (C++), checked against eager, and "
+                "called from the FX graph's Python code; every other op runs as in eager")
+
     def __call__(self, cand: Candidate, graph: CapturedGraph):
         try:
             fn, status = self._build(cand, graph)
@@ -257,3 +270,196 @@ class InductorGroupExecutor:
 def clear_cache() -> None:
     """Forget every group compiled in this process (Inductor's own disk cache stays)."""
     InductorGroupExecutor._cache.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Whole-graph executor: one Inductor compile per graph, fusion allowed only inside groups
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelOrigin:
+    """One loop nest (kernel) of a whole-graph compile and the FX nodes it computes."""
+
+    nodes: tuple[str, ...]  # compute nodes (views and getitems left out)
+    group: str | None  # the fusionlab group it runs, or None: one op outside every group
+
+    @property
+    def ok(self) -> bool:
+        return self.group is not None or len(self.nodes) <= 1
+
+
+@dataclass
+class CompiledGraph:
+    """One forward or backward graph compiled whole by :class:`InductorGraphExecutor`."""
+
+    kind: str
+    groups: tuple[str, ...]  # the candidate ids fused in it
+    kernels: int  # kernel calls per run (fused loop nests + library calls: mm, bmm, ...)
+    loops: list[KernelOrigin]  # every loop nest Inductor generated, with its origin
+    seconds: float
+    source: str
+
+    def kernels_of(self, cand_id: str) -> int:
+        return sum(1 for k in self.loops if k.group == cand_id)
+
+
+class FusionPolicyError(RuntimeError):
+    """Inductor produced a loop nest that crosses a group boundary (never expected)."""
+
+
+def _origins(snode) -> set:
+    out: set = set()
+    for sn in snode.get_nodes():
+        if sn.node is not None:
+            out |= set(sn.node.get_origins())
+    return out
+
+
+class _OnlyInsideGroups:
+    """An InductorChoices that lets the scheduler fuse two nodes only when every op both
+    compute belongs to the same fusionlab group (and then always: the user asked for it)."""
+
+    def __new__(cls, group_of: dict[str, str], compute: set[str]):
+        from torch._inductor.choices import InductorChoices
+
+        class Choices(InductorChoices):
+            def _same_group(self, node1, node2) -> bool:
+                groups = {group_of.get(o.name) for o in _origins(node1) | _origins(node2)
+                          if o.name in compute}
+                return len(groups) == 1 and None not in groups
+
+            def can_fuse(self, scheduler, node1, node2, shared_data_score):
+                return self._same_group(node1, node2)
+
+            def can_fuse_horizontal(self, scheduler, node1, node2, shared_data_score):
+                return self._same_group(node1, node2)
+
+        return Choices()
+
+
+def _effective_users(node: torch.fx.Node, kinds: dict[str, str]) -> list[torch.fx.Node]:
+    """The nodes that compute with `node`'s value, looking through views and getitems."""
+    out, stack, seen = [], list(node.users), set()
+    while stack:
+        u = stack.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if kinds.get(u.name) in ("view", "getitem"):
+            stack.extend(u.users)
+        else:
+            out.append(u)
+    return out
+
+
+class InductorGraphExecutor(InductorGroupExecutor):
+    """Each graph compiled *whole* by Inductor, which may fuse only inside the selected groups.
+
+    ``InductorGroupExecutor`` calls every compiled group from the FX graph's Python code,
+    so each view, getitem and unfused op of the step pays Python dispatch (hundreds of
+    microseconds a step on a small model). This executor first builds and checks every
+    group alone exactly as ``InductorGroupExecutor`` does (a group that fails its check is
+    not fused), then compiles the whole graph in one Inductor call under a fusion policy:
+
+    * at lowering, the value of every op is materialized in a buffer unless all ops that
+      read it are in the same group (Inductor cannot inline it into another group's loop);
+    * the scheduler may merge two loop nests only when every op they compute belongs to
+      one group (``InductorChoices.can_fuse``); inside a group every legal merge is taken.
+
+    Views are free (index arithmetic), matmuls call the same BLAS library as eager, and the
+    wrapper is generated Python without per-op dispatch. After compiling, every generated
+    loop nest is listed with the ops it computes (``graphs[i].loops``); one that mixes two
+    groups, or a group with an op outside it, raises :class:`FusionPolicyError` and the
+    backend falls back to the per-group executor's graph for that graph.
+    """
+
+    name = "inductor-cpp (groups only)"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.graphs: list[CompiledGraph] = []
+
+    def __repr__(self) -> str:
+        return f"<InductorGraphExecutor: {len(self.graphs)} graphs, {len(self.groups)} groups compiled>"
+
+    def describe(self) -> str:
+        loops = [k for g in self.graphs for k in g.loops]
+        inside = sum(1 for k in loops if k.group is not None)
+        text = ("each selected group is compiled alone by Inductor (C++) and checked against eager; then "
+                "each graph is compiled whole by Inductor with fusion allowed only inside the groups")
+        if loops:
+            text += (f": {len(loops)} loop nests ({inside} for groups, {len(loops) - inside} single ops), "
+                     f"{sum(g.kernels for g in self.graphs)} C++ function or library calls per step "
+                     "(Inductor puts consecutive loop nests in one C++ function; each still reads and "
+                     "writes memory)")
+        return text
+
+    def compile_graph(self, kind: str, gm: torch.fx.GraphModule, example_inputs, chosen: list[Candidate]):
+        """Compile `gm` whole (AOTAutograd's fake example inputs); returns a boxed callable."""
+        from unittest import mock
+
+        from torch._inductor import config as iconfig
+        from torch._inductor.compile_fx import compile_fx_inner
+        from torch._inductor.graph import GraphLowering
+        from torch._inductor.ir import TensorBox
+        from torch._inductor.virtualized import V
+
+        from .ops import kind_of
+
+        kinds = {n.name: kind_of(n) for n in gm.graph.nodes}
+        compute = {n for n, k in kinds.items() if k in ("pointwise", "reduction", "matmul", "opaque")}
+        group_of = {n: c.id for c in chosen for n in c.nodes}
+        must_store = set()
+        for n in gm.graph.nodes:
+            if n.name not in compute:
+                continue
+            g = group_of.get(n.name)
+            if g is None or any(group_of.get(u.name) != g for u in _effective_users(n, kinds)):
+                must_store.add(n.name)
+
+        run_node = GraphLowering.run_node
+
+        def lower(self, n):
+            result = run_node(self, n)
+            if n.name in must_store:
+                for value in result if isinstance(result, (tuple, list)) else (result,):
+                    if isinstance(value, TensorBox):  # e.g. var_mean: (var, mean)
+                        value.realize()
+            return result
+
+        fused: list = []
+
+        def record(nodes):  # the scheduler's nodes after fusion: one per loop nest or library call
+            fused[:] = nodes
+            return nodes
+
+        start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(GraphLowering, "run_node", lower))
+            # the policy is not part of Inductor's cache key: never read or write its caches (a
+            # plain-callable post-fusion pass also makes the FX graph cache bypass; belt and braces);
+            # no pattern rewrites (they would merge ops across groups before the scheduler)
+            stack.enter_context(iconfig.patch(force_disable_caches=True, fx_graph_cache=False,
+                                              pattern_matcher=False, combo_kernels=False,
+                                              max_fusion_size=1 << 20, _post_fusion_custom_pass=record))
+            stack.enter_context(V.set_choices_handler(_OnlyInsideGroups(group_of, compute)))
+            compiled = compile_fx_inner(gm, example_inputs)
+        seconds = time.perf_counter() - start
+
+        loops = []
+        for snode in fused:
+            if snode.is_extern():
+                continue
+            names = tuple(sorted(o.name for o in _origins(snode) if o.name in compute))
+            if not names:
+                continue
+            groups = {group_of.get(n) for n in names}
+            loops.append(KernelOrigin(names, groups.pop() if len(groups) == 1 else None))
+        bad = [k for k in loops if not k.ok]
+        if bad:
+            raise FusionPolicyError(f"Inductor fused across a group boundary: {bad[0].nodes}")
+        source = getattr(compiled, "source_code", "") or ""
+        self.graphs.append(CompiledGraph(kind, tuple(c.id for c in chosen), count_generated_kernels(source),
+                                         loops, seconds, source))
+        return compiled

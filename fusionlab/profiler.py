@@ -5,9 +5,10 @@ optimizer step, zero_grad) of each variant on the same inputs:
 
 * ``eager``      the model as it is;
 * ``fusionlab``  the plan's fused step (``make_backend(plan, executor=...)``): on a GPU the
-                 plan's Triton kernels; on CPU each selected group compiled *alone* into
-                 one C++ kernel by Inductor (:class:`fusionlab.executors.InductorGroupExecutor`),
-                 because the Triton interpreter is for correctness, not speed;
+                 plan's Triton kernels; on CPU each selected group checked alone, then the
+                 step compiled by Inductor under a policy that fuses only inside the groups
+                 (:class:`fusionlab.executors.InductorGraphExecutor`), because the Triton
+                 interpreter is for correctness, not speed;
 * ``inductor``   plain ``torch.compile`` of the same step function (fuses everything it likes);
 * ``unfused``    (optional) the captured, decomposed ATen graphs run op by op with no group
                  fused: the baseline that isolates what fusing the groups buys from what
@@ -46,7 +47,7 @@ import torch
 from . import _env
 from .capture import _TrainStep, capture, preserved_state
 from .cost import GPUSpec, ModeledStep, get_gpu, roofline
-from .executors import InductorGroupExecutor, count_generated_kernels
+from .executors import InductorGraphExecutor, InductorGroupExecutor, count_generated_kernels
 
 VARIANTS = ("eager", "fusionlab", "inductor", "unfused")
 DEFAULT_COMPARE = ("eager", "fusionlab", "inductor")
@@ -59,7 +60,7 @@ class VariantResult:
     """Measured figures of one variant (``eager``, ``fusionlab`` or ``inductor``)."""
 
     name: str
-    executor: str  # what ran it: "PyTorch eager (ATen)", "inductor-cpp (per group)", ...
+    executor: str  # what ran it: "PyTorch eager (ATen)", "inductor-cpp (groups only)", ...
     device: str
     samples: list[float] = field(default_factory=list)  # seconds per measured step
     first_step_s: float = float("nan")  # the first step (compiles, for compiled variants)
@@ -376,12 +377,13 @@ def _resolve_executor(executor, dev: torch.device):
         executor = "triton" if (dev.type == "cuda" and not _env.INTERPRET) else "inductor"
     if executor == "triton":
         return None, _env.executor_name()
-    if executor == "inductor":
-        ex = InductorGroupExecutor()
+    if executor in ("inductor", "inductor-groups"):
+        ex = InductorGraphExecutor() if executor == "inductor" else InductorGroupExecutor()
         return ex, ex.name
     if callable(executor):
         return executor, getattr(executor, "name", type(executor).__name__)
-    raise ValueError(f"executor must be 'auto', 'triton', 'inductor' or a callable, got {executor!r}")
+    raise ValueError("executor must be 'auto', 'triton', 'inductor', 'inductor-groups' or a callable, "
+                     f"got {executor!r}")
 
 
 class _Timer:
@@ -435,8 +437,9 @@ def profile(
     FusionPlan (``None``: capture the model and select every candidate). ``optimizer``:
     "adamw" | "adam" | "sgd" | None | ``callable(params) -> Optimizer``, the same in every
     variant. ``executor`` for the fusionlab variant: "auto" (Triton kernels on a GPU,
-    Inductor per group on CPU), "triton", "inductor" or a callable (see
-    :mod:`fusionlab.executors`). ``trace``: True or a path: export a Chrome trace of one
+    "inductor" on CPU), "triton", "inductor" (whole graphs compiled by Inductor, fusing
+    only inside the selected groups), "inductor-groups" (each group compiled alone and
+    called from the FX graph's Python code) or a callable (see :mod:`fusionlab.executors`). ``trace``: True or a path: export a Chrome trace of one
     profiled step of each variant. The model itself is never changed.
     """
     if not isinstance(model, torch.nn.Module):
@@ -580,9 +583,8 @@ def profile(
         if fl is not None and fl.executor is None:
             notes.append("fusionlab ran its Triton kernels in the Triton interpreter: correct, but its "
                          "times say nothing about speed (use executor='inductor' on CPU)")
-        if fl is not None and fl.executor is not None:
-            notes.append("fusionlab on CPU: each selected group is compiled alone by Inductor "
-                         "(C++), checked against eager, and the rest of the step runs as in eager")
+        if fl is not None and getattr(fl.executor, "describe", None):
+            notes.append("fusionlab on CPU: " + fl.executor.describe())
     name = model_name or plan.capture.model_name
     return ProfileResult(
         model_name=name, device=device, steps=steps, warmup=warmup,
@@ -603,6 +605,10 @@ def _count_kernels(plan, variants: list[_Variant]) -> None:
         elif v.name == "fusionlab" and r.report is not None:
             used = [s.candidate for s in r.report.used]
             n = step_cost(plan, fused=True, selected=used).launches
+            if isinstance(v.executor, InductorGraphExecutor) and v.executor.graphs:
+                r.kernels_per_step = sum(g.kernels for g in v.executor.graphs)
+                r.kernels_how = "Inductor generated code"
+                continue
             if isinstance(v.executor, InductorGroupExecutor):
                 # a group compiled by Inductor may need more than one loop nest on CPU
                 n += sum(v.executor.groups[c].kernels - 1 for c in used

@@ -446,9 +446,10 @@ print("the explorer now shows:", ex.tabs.get_title(ex.tabs.selected_index))
 ## Profile (measured)
 
 With `fusionlab.profiler` installed, the **profile** tab times whole training steps, unfused
-and with the plan, on this machine. On a CPU the fusionlab variant runs each selected group
-compiled alone by Inductor (the Triton interpreter is for correctness, not speed). A few steps
-keep this notebook quick; use more for numbers you want to quote.
+and with the plan, on this machine. On a CPU the fusionlab variant checks each selected group
+compiled alone by Inductor, then compiles the step with Inductor allowed to fuse only inside
+your groups (the Triton interpreter is for correctness, not speed). A few steps keep this
+notebook quick; use more for numbers you want to quote.
 """),
     code("""
 if ex.profile_button is None:

@@ -37,7 +37,7 @@ def test_cli_profile_prints_table_and_writes_report(tmp_path):
     assert "measured on cpu" in out and "modeled (A100 80GB SXM spec)" in out
     lines = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"eager", "fusionlab"} <= lines
-    assert "inductor-cpp (per group)" in out
+    assert "inductor-cpp (groups only)" in out
     assert "fusionlab backend:" in out
     assert f"report written to {report}" in out
     parser = _Tags()

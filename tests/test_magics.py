@@ -50,7 +50,7 @@ def test_profile_zoo_model_then_kernels(ip, capsys):
     assert isinstance(table, KernelTable)
     assert len(table.rows) == len(res.plan.selected)
     text = repr(table)
-    assert "inductor-cpp (per group)" in text
+    assert "inductor-cpp (groups only)" in text
     for cand in res.plan.selected:
         assert cand.id in text
     assert all(r[3] == "ok, fused" for r in table.rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html.parser
 import json
 
@@ -11,7 +12,14 @@ import torch
 import fusionlab
 from fusionlab import zoo
 from fusionlab.build.kernel import KernelStatus
-from fusionlab.executors import CompiledGroup, InductorGroupExecutor, count_generated_kernels
+from fusionlab.executors import (
+    CompiledGroup,
+    FusionPolicyError,
+    InductorGraphExecutor,
+    InductorGroupExecutor,
+    KernelOrigin,
+    count_generated_kernels,
+)
 from fusionlab.profiler import ProfileResult, check_numerics, make_plan, profile
 
 
@@ -67,7 +75,7 @@ def test_profile_result_measures_each_variant(result):
         assert len(v.losses) == 1 + 1 + 3  # first step, warm-up, measured
         assert v.top_kernels
     assert result["eager"].executor == "PyTorch eager (ATen)"
-    assert result["fusionlab"].executor == "inductor-cpp (per group)"
+    assert result["fusionlab"].executor == "inductor-cpp (groups only)"
     assert result.device.startswith("cpu")
     # every selected group ran fused, and its check passed
     rep = result["fusionlab"].report
@@ -94,7 +102,7 @@ def test_table_keeps_modeled_apart(result):
     assert df.attrs["modeled"] == "modeled (H100 SXM spec)"
     text = repr(result)
     assert "measured on cpu" in text and "modeled (H100 SXM spec)" in text
-    assert "inductor-cpp (per group)" in text
+    assert "inductor-cpp (groups only)" in text
     assert "<table" in result._repr_html_()
 
 
@@ -118,18 +126,23 @@ def test_html_report_is_standalone(result, tmp_path):
     p.close()
     assert "table" in p.tags and "script" in p.tags
     assert p.script_src == []  # plotly.js inlined: opens with no server and no network
-    assert "modeled (H100 SXM spec)" in text and "inductor-cpp (per group)" in text
+    assert "modeled (H100 SXM spec)" in text and "inductor-cpp (groups only)" in text
     fig = result.figure()
     assert len(fig.data) >= 6
     names = {t.name for t in fig.data}
     assert "eager kernels" in names and "fusionlab kernels" in names
 
 
-def test_inductor_executor_matches_eager_over_three_steps(block, plan):
-    chk = check_numerics(block.model, block.inputs, plan=plan, steps=3, executor="inductor")
+@pytest.mark.parametrize("executor, name", [
+    ("inductor", "inductor-cpp (groups only)"),
+    ("inductor-groups", "inductor-cpp (per group)"),
+])
+def test_inductor_executor_matches_eager_over_three_steps(block, plan, executor, name):
+    chk = check_numerics(block.model, block.inputs, plan=plan, steps=3, executor=executor)
     assert len(chk.loss_rel) == 3
-    assert chk.report.executor == "inductor-cpp (per group)"
+    assert chk.report.executor == name
     assert len(chk.report.used) == len(plan.selected) and not chk.report.failed
+    assert not chk.report.fallbacks
     assert chk.max_rel <= 1e-5, chk  # loss and whole gradient
     assert chk.max_param_rel <= 1e-5, chk  # and every parameter's gradient on its own
     assert chk.ok()
@@ -210,3 +223,88 @@ def test_profile_captures_when_no_plan_with_all_variants():
     for name in ("unfused", "fusionlab", "inductor"):
         assert res.loss_rel_diff(name) < 1e-4, name
     assert fusionlab.profile is profile
+
+
+# ---- the whole-graph executor: Inductor may fuse only inside the selected groups ----
+
+
+def _one_step(fused, inputs):
+    loss = fused(*inputs)
+    loss.backward()
+    return loss
+
+
+def test_graph_executor_fuses_only_inside_the_selected_groups(block):
+    partial = make_plan(block.model, block.inputs, loss_fn=block.loss_fn, fuse="none")
+    fw = [c for c in partial.candidates if c.graph.startswith("fw")]
+    picked = next(c for c in fw if "softmax" in c.pattern)
+    left = next(c for c in fw if "gelu" in c.pattern)  # not selected: its ops must stay apart
+    partial.select(picked.id)
+    ex = InductorGraphExecutor()
+    model = copy.deepcopy(block.model)
+    fused = partial.compile(model, executor=ex)
+    _one_step(fused, block.inputs)
+    assert [s.candidate for s in fused.report.used] == [picked.id] and not fused.report.fallbacks
+    (graph,) = [g for g in ex.graphs if g.kind == "forward"]
+    assert graph.groups == (picked.id,)
+    mine = [k for k in graph.loops if k.group == picked.id]
+    assert mine and {n for k in mine for n in k.nodes} <= set(picked.nodes)
+    for k in graph.loops:
+        assert k.group is not None or len(k.nodes) == 1, k  # an op outside groups is a loop of its own
+    gelu_loops = [k for k in graph.loops if set(k.nodes) & set(left.nodes)]
+    assert len(gelu_loops) >= 2 and all(len(k.nodes) == 1 for k in gelu_loops)
+    assert "fusion allowed only inside the groups" in ex.describe()
+
+
+def test_graph_executor_falls_back_to_per_group_calls(block, plan, monkeypatch):
+    def broken(self, kind, gm, example_inputs, groups):
+        raise FusionPolicyError("test: a loop nest crossed a group boundary")
+
+    monkeypatch.setattr(InductorGraphExecutor, "compile_graph", broken)
+    chk = check_numerics(block.model, block.inputs, plan=plan, steps=1, executor=InductorGraphExecutor())
+    assert len(chk.report.used) == len(plan.selected)
+    assert chk.report.fallbacks and "FusionPolicyError" in chk.report.fallbacks[0]
+    assert "its groups run as separately compiled calls" in str(chk.report)
+    assert chk.ok(), chk
+
+
+def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
+    """The fusion policy is not in Inductor's cache key: a policy compile must never be served
+    from its caches (another plan's policy, or plain torch.compile) nor written to them."""
+    import unittest.mock
+
+    from torch._inductor import graph as igraph
+
+    from fusionlab.capture import _TrainStep, fresh_entry
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty on-disk cache
+    zm = zoo.get("mlp")
+    fw = [c for c in make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="none").candidates
+          if c.graph.startswith("fw")]
+    assert len(fw) >= 2
+
+    def restricted(cand) -> list[KernelOrigin]:
+        plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse=cand.id)
+        ex = InductorGraphExecutor()
+        _one_step(plan.compile(copy.deepcopy(zm.model), executor=ex), zm.inputs)
+        (graph,) = [g for g in ex.graphs if g.kind == "forward"]
+        return graph.loops
+
+    first = restricted(fw[0])
+    assert {k.group for k in first} - {None} == {fw[0].id}
+    codes = []
+    real = igraph.GraphLowering.compile_to_module
+
+    def grab(self):
+        mod = real(self)
+        codes.append(open(mod.__file__).read())
+        return mod
+
+    torch._dynamo.reset()
+    with unittest.mock.patch.object(igraph.GraphLowering, "compile_to_module", grab):
+        step = torch.compile(fresh_entry(_TrainStep(copy.deepcopy(zm.model), zm.loss_fn, True)))
+        step(*zm.inputs).backward()
+    assert codes, "plain torch.compile generated no code (served from a cache?)"
+    # the same forward graph under another plan: compiled again under that plan's policy
+    second = restricted(fw[1])
+    assert {k.group for k in second} - {None} == {fw[1].id}
