@@ -308,3 +308,21 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
     # the same forward graph under another plan: compiled again under that plan's policy
     second = restricted(fw[1])
     assert {k.group for k in second} - {None} == {fw[1].id}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn-bn", "llama-block", "gpt2-tiny"])
+def test_graph_executor_matches_eager_on_zoo_models(name):
+    """Select-all on every zoo model: three AdamW steps equal to eager, each graph compiled whole
+    (no fallback), and every loop nest Inductor generated runs one group or one op."""
+    zm = zoo.get(name)
+    plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
+    ex = InductorGraphExecutor()
+    chk = check_numerics(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=3, executor=ex)
+    assert len(chk.report.used) == len(plan.selected) and not chk.report.failed
+    assert not chk.report.fallbacks, chk.report.fallbacks
+    assert chk.ok(), chk
+    assert {g.kind for g in ex.graphs} == {"forward", "backward"}
+    used = {s.candidate for s in chk.report.used}
+    for g in ex.graphs:
+        assert all(k.ok for k in g.loops)
+        assert {k.group for k in g.loops} - {None} == set(g.groups) <= used
