@@ -283,6 +283,7 @@ class KernelOrigin:
 
     nodes: tuple[str, ...]  # compute nodes (views and getitems left out)
     group: str | None  # the fusionlab group it runs, or None: one op outside every group
+    function: str = ""  # the generated C++ function that holds it, as torch.profiler names it
 
     @property
     def ok(self) -> bool:
@@ -302,6 +303,14 @@ class CompiledGraph:
 
     def kernels_of(self, cand_id: str) -> int:
         return sum(1 for k in self.loops if k.group == cand_id)
+
+    def functions(self) -> dict[str, list[KernelOrigin]]:
+        """C++ function name (as torch.profiler records it) -> the loop nests it runs."""
+        out: dict[str, list[KernelOrigin]] = {}
+        for k in self.loops:
+            if k.function:
+                out.setdefault(k.function, []).append(k)
+        return out
 
 
 class FusionPolicyError(RuntimeError):
@@ -400,6 +409,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
         from unittest import mock
 
         from torch._inductor import config as iconfig
+        from torch._inductor.codegen.cpp import CppScheduling
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.graph import GraphLowering
         from torch._inductor.ir import TensorBox
@@ -419,6 +429,15 @@ class InductorGraphExecutor(InductorGroupExecutor):
                 must_store.add(n.name)
 
         run_node = GraphLowering.run_node
+        define_kernel = CppScheduling.define_kernel
+        function_of: dict[str, str] = {}  # scheduler node name -> C++ function
+
+        def define(self, src_code, nodes, kernel_args=None):
+            name = define_kernel(self, src_code, nodes, kernel_args)
+            graph_id = V.graph.graph_id
+            for sn in nodes:  # the name the function's RECORD_FUNCTION uses (cpp.enable_kernel_profile)
+                function_of[sn.get_name()] = (f"graph_{graph_id}_" if graph_id is not None else "") + name
+            return name
 
         def lower(self, n):
             result = run_node(self, n)
@@ -437,12 +456,14 @@ class InductorGraphExecutor(InductorGroupExecutor):
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             stack.enter_context(mock.patch.object(GraphLowering, "run_node", lower))
+            stack.enter_context(mock.patch.object(CppScheduling, "define_kernel", define))
             # the policy is not part of Inductor's cache key: never read or write its caches (a
             # plain-callable post-fusion pass also makes the FX graph cache bypass; belt and braces);
             # no pattern rewrites (they would merge ops across groups before the scheduler)
             stack.enter_context(iconfig.patch(force_disable_caches=True, fx_graph_cache=False,
                                               pattern_matcher=False, combo_kernels=False,
-                                              max_fusion_size=1 << 20, _post_fusion_custom_pass=record))
+                                              max_fusion_size=1 << 20, _post_fusion_custom_pass=record,
+                                              **{"cpp.enable_kernel_profile": True}))
             stack.enter_context(V.set_choices_handler(_OnlyInsideGroups(group_of, compute)))
             compiled = compile_fx_inner(gm, example_inputs)
         seconds = time.perf_counter() - start
@@ -455,7 +476,9 @@ class InductorGraphExecutor(InductorGroupExecutor):
             if not names:
                 continue
             groups = {group_of.get(n) for n in names}
-            loops.append(KernelOrigin(names, groups.pop() if len(groups) == 1 else None))
+            function = next((function_of[sn.get_name()] for sn in snode.get_nodes()
+                             if sn.get_name() in function_of), "")
+            loops.append(KernelOrigin(names, groups.pop() if len(groups) == 1 else None, function))
         bad = [k for k in loops if not k.ok]
         if bad:
             raise FusionPolicyError(f"Inductor fused across a group boundary: {bad[0].nodes}")

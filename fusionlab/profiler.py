@@ -663,6 +663,8 @@ def _profiled_steps(live: list[_Variant], cuda: bool, trace) -> str | None:
                 v.result.peak_memory = _peak_cpu_bytes(prof)
                 v.result.peak_memory_how = "torch.profiler CPU allocator events (peak above the step's start)"
             _top_kernels(v.result, prof, cuda)
+            if isinstance(v.executor, InductorGraphExecutor):
+                _label_functions(v.result, v.executor)
         except Exception as e:  # noqa: BLE001 - profiling detail is best effort
             _env.debug(1, f"torch.profiler step of {v.name} failed: {e}")
     if not trace:
@@ -722,6 +724,20 @@ def _top_kernels(r: VariantResult, prof, cuda: bool) -> None:
         rows = [e for e in avg if not e.key.startswith(skip)]
         rows.sort(key=lambda e: -e.self_cpu_time_total)
         r.top_kernels = [(e.key, int(e.count), float(e.self_cpu_time_total)) for e in rows[:15]]
+
+
+def _label_functions(r: VariantResult, ex: InductorGraphExecutor) -> None:
+    """Name the groups (or single ops) each generated C++ function in the top list runs."""
+    runs: dict[str, list[str]] = {}
+    for g in ex.graphs:
+        for fn, loops in g.functions().items():
+            labels = runs.setdefault(fn, [])
+            for k in loops:
+                label = k.group or f"op {k.nodes[0]}"
+                if label not in labels:
+                    labels.append(label)
+    r.top_kernels = [(f"{name} [{', '.join(runs[name])}]" if name in runs else name, n, t)
+                     for name, n, t in r.top_kernels]
 
 
 # --------------------------------------------------------------------------- figures

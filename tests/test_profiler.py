@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import html.parser
 import json
+import re
 
 import pytest
 import torch
@@ -254,6 +255,16 @@ def test_graph_executor_fuses_only_inside_the_selected_groups(block):
     gelu_loops = [k for k in graph.loops if set(k.nodes) & set(left.nodes)]
     assert len(gelu_loops) >= 2 and all(len(k.nodes) == 1 for k in gelu_loops)
     assert "fusion allowed only inside the groups" in ex.describe()
+    # every loop nest knows its C++ function, named as torch.profiler records it
+    functions = graph.functions()
+    assert all(k.function for k in graph.loops) and all(re.sub(r"^graph_\d+_", "", f) in graph.source for f in functions)
+    from fusionlab.profiler import VariantResult, _label_functions
+
+    mine_fn = mine[0].function
+    r = VariantResult("fusionlab", ex.name, "cpu", top_kernels=[(mine_fn, 1, 5.0), ("aten::mm", 2, 9.0)])
+    _label_functions(r, ex)
+    assert r.top_kernels[0][0].startswith(f"{mine_fn} [") and picked.id in r.top_kernels[0][0]
+    assert r.top_kernels[1] == ("aten::mm", 2, 9.0)
 
 
 def test_graph_executor_falls_back_to_per_group_calls(block, plan, monkeypatch):
