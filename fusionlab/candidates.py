@@ -491,12 +491,17 @@ def tensor_bytes(node) -> int:
     return total
 
 
+def node_reads_writes(node: torch.fx.Node) -> tuple[int, int]:
+    """Modeled (bytes read, bytes written) of one node run as its own kernel."""
+    if ops.kind_of(node) == "getitem":
+        return 0, 0
+    reads = sum(tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
+    return reads, tensor_bytes(node)
+
+
 def node_traffic(node: torch.fx.Node) -> int:
     """Modeled bytes one node moves when it runs as its own kernel: reads + writes."""
-    if ops.kind_of(node) == "getitem":
-        return 0
-    reads = sum(tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
-    return reads + tensor_bytes(node)
+    return sum(node_reads_writes(node))
 
 
 def _costs(members, inputs, outputs) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ import torch
 import torch.fx
 
 from . import ops
-from .candidates import _fmt_bytes, find_candidates, node_tensors, tensor_bytes
+from .candidates import _fmt_bytes, find_candidates, node_reads_writes, node_tensors, tensor_bytes
 
 aten = torch.ops.aten
 
@@ -120,14 +120,6 @@ def _shape(node) -> tuple[int, ...]:
     if isinstance(val, torch.Tensor):
         return tuple(int(s) for s in val.shape)
     return ()
-
-
-def node_reads_writes(node: torch.fx.Node) -> tuple[int, int]:
-    """(bytes read, bytes written) of one node run as its own kernel (sums to node_traffic)."""
-    if ops.kind_of(node) == "getitem":
-        return 0, 0
-    reads = sum(tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
-    return reads, tensor_bytes(node)
 
 
 def _prod(xs) -> int:

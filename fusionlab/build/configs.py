@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fusionlab.codegen.source import KernelSource
 
 from . import cache as _cache
+from ._table import html_table, text_lines
 from .inspect import CompileReport, _triton_version, inspect_many
 from .summary import add_tool_notes
 
@@ -125,29 +126,19 @@ class ConfigTable(list):
 
     def to_text(self) -> str:
         head, rows = self._cells()
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = [
             f"launch configs of {self.kernel} ({self.kind}) compiled for {self.target}; "
             "occupancy is modeled, not measured"
         ]
-        for r in [head, *rows]:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        return "\n".join(lines)
+        return "\n".join(lines + text_lines(head, rows))
 
     __repr__ = to_text
 
     def _repr_html_(self) -> str:
         e = html.escape
         head, rows = self._cells()
-        out = [
-            f"<b>{e(self.kernel)}</b> ({e(self.kind)}): launch configs compiled for "
-            f"<code>{e(self.target)}</code> (occupancy modeled, not measured)",
-            "<table><tr>" + "".join(f"<th style='text-align:left'>{e(h)}</th>" for h in head) + "</tr>",
-        ]
-        for r in rows:
-            out.append("<tr>" + "".join(f"<td style='text-align:left'>{e(c)}</td>" for c in r) + "</tr>")
-        out.append("</table>")
-        return "\n".join(out)
+        return (f"<b>{e(self.kernel)}</b> ({e(self.kind)}): launch configs compiled for "
+                f"<code>{e(self.target)}</code> (occupancy modeled, not measured)\n" + html_table(head, rows))
 
 
 def inspect_configs_many(

@@ -6,6 +6,7 @@ import functools
 import html
 import os
 
+from ._table import html_table, text_lines
 from .inspect import TARGETS, CompileReport
 
 
@@ -62,12 +63,7 @@ class CompileReports(list):
             "(occupancy is modeled, not measured)"
         ]
         # a failed row's long message does not widen the columns
-        widths = [
-            max(len(r[i]) for r in [head, *rows] if i != 2 or not r[2].startswith("FAILED"))
-            for i in range(len(head))
-        ]
-        for r in [head, *rows]:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines += text_lines(head, rows, sizing=lambda r: not r[2].startswith("FAILED"))
         notes = sorted({n for r in self for n in r.notes})
         lines += [f"  note: {n}" for n in notes]
         return "\n".join(lines)
@@ -75,20 +71,10 @@ class CompileReports(list):
     __repr__ = to_text
 
     def _repr_html_(self) -> str:
-        e = html.escape
         head, rows = self._cells()
-        out = [
-            f"<b>{len(self)} kernels compiled for <code>{e(self.target)}</code></b> "
-            "(occupancy modeled, not measured)",
-            "<table><tr>" + "".join(f"<th style='text-align:left'>{e(h)}</th>" for h in head) + "</tr>",
-        ]
-        for r in rows:
-            color = "" if r[2] == "ok" else " style='color:#cf222e'"
-            out.append(
-                f"<tr{color}>" + "".join(f"<td style='text-align:left'>{e(c)}</td>" for c in r) + "</tr>"
-            )
-        out.append("</table>")
-        return "\n".join(out)
+        return (f"<b>{len(self)} kernels compiled for <code>{html.escape(self.target)}</code></b> "
+                "(occupancy modeled, not measured)\n"
+                + html_table(head, rows, row_style=lambda r: "" if r[2] == "ok" else "color:#cf222e"))
 
 
 # -- NVIDIA tool overrides -----------------------------------------------------------------
