@@ -459,9 +459,10 @@ class InductorGraphExecutor(InductorGroupExecutor):
             stack.enter_context(mock.patch.object(CppScheduling, "define_kernel", define))
             # the policy is not part of Inductor's cache key: never read or write its caches (a
             # plain-callable post-fusion pass also makes the FX graph cache bypass; belt and braces);
-            # no pattern rewrites (they would merge ops across groups before the scheduler)
+            # no pattern rewrites (they would merge ops across groups before the scheduler);
+            # random ops draw from torch's generator as in eager, not Inductor's own
             stack.enter_context(iconfig.patch(force_disable_caches=True, fx_graph_cache=False,
-                                              pattern_matcher=False, combo_kernels=False,
+                                              pattern_matcher=False, combo_kernels=False, fallback_random=True,
                                               max_fusion_size=1 << 20, _post_fusion_custom_pass=record,
                                               **{"cpp.enable_kernel_profile": True}))
             stack.enter_context(V.set_choices_handler(_OnlyInsideGroups(group_of, compute)))

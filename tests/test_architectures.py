@@ -252,7 +252,13 @@ class DropoutMLP(nn.Module):
         return self.fc2(self.ln(self.drop(F.gelu(self.fc1(x))))).pow(2).mean()
 
 
-def test_dropout_is_left_unfused_and_fusing_changes_no_random_number():
+@pytest.mark.parametrize("executor", ["triton", "inductor"])
+def test_dropout_is_left_unfused_and_fusing_changes_no_random_number(executor):
+    """Fused (Triton kernels, or the whole-graph Inductor executor, whose random ops draw from
+    torch's generator) vs the same compiled step with nothing selected: seed for seed, equal."""
+    from fusionlab.executors import InductorGraphExecutor
+
+    options = {"executor": InductorGraphExecutor()} if executor == "inductor" else {}
     torch.manual_seed(0)
     model = DropoutMLP().train()
     x = torch.randn(8, 12)
@@ -265,7 +271,7 @@ def test_dropout_is_left_unfused_and_fusing_changes_no_random_number():
     # fused vs the same compiled step with nothing selected: seed for seed, equal
     unfused_plan = fl.FusionPlan(cap)
     m_f, m_u = copy.deepcopy(model), copy.deepcopy(model)
-    step_f, step_u = plan_all.compile(m_f), unfused_plan.compile(m_u)
+    step_f, step_u = plan_all.compile(m_f, **options), unfused_plan.compile(m_u)
     for i in range(3):
         torch.manual_seed(99 + i)
         lf = step_f(x)
@@ -277,7 +283,9 @@ def test_dropout_is_left_unfused_and_fusing_changes_no_random_number():
         for pf, pu in zip(m_f.parameters(), m_u.parameters()):
             _close(pf.grad, pu.grad, f"call {i}: grad, fused vs unfused")
             pf.grad = pu.grad = None
-    assert step_f.report.used and not step_u.report.used
+    assert step_f.report.used and not step_u.report.used and not step_f.report.fallbacks
+    if executor == "inductor":
+        assert options["executor"].graphs, "the whole-graph executor did not compile the step"
     # and the masks are real: about p of the activations dropped, differently on each call
     torch.manual_seed(5)
     a = step_f(x).item()
