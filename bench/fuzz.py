@@ -1,6 +1,7 @@
 """Fuzz fusionlab with random whole programs: capture, fuse everything, compare with eager.
 
     .venv/bin/python bench/fuzz.py [--cases 2000] [--seed 0] [--e2e-every 5] [--verbose]
+        [--executor triton|inductor] [--no-codegen]
 
 A program is a small random list of pointwise, reduction and view ops (plus masks,
 comparisons, integer intermediates and dtype casts) over one or two inputs and one to
@@ -976,8 +977,14 @@ def _eager_grads(model, prog):
     return loss.detach(), grads
 
 
-def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> CaseResult:
-    """capture -> select_all -> compile -> fused forward/backward, against eager (and float64)."""
+def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None, executor: str = "triton") -> CaseResult:
+    """capture -> select_all -> compile -> fused forward/backward, against eager (and float64).
+
+    ``executor="inductor"``: the fused step runs through ``InductorGraphExecutor`` (whole
+    graphs compiled by Inductor, fusion only inside the groups); a graph it could not
+    compile whole (``report.fallbacks``: a fusion-policy violation or a compile error) is a
+    failure too.
+    """
     start = time.perf_counter()
     res = CaseResult("e2e")
     model = FuzzModule(prog)
@@ -994,7 +1001,12 @@ def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> Cas
         return res
     res.candidates = len(plan.candidates)
     fused_model = copy.deepcopy(model)
-    fused = plan.compile(fused_model, seed=seed)
+    options = {"seed": seed}
+    if executor == "inductor":
+        from fusionlab.executors import InductorGraphExecutor
+
+        options = {"executor": InductorGraphExecutor(seed=seed)}
+    fused = plan.compile(fused_model, **options)
     leaves, passed = make_inputs(prog)
     try:
         loss = fused(*passed)
@@ -1021,6 +1033,9 @@ def check_e2e(prog: Program, seed: int = 0, traced: Traced | None = None) -> Cas
         else:
             assert st.reason, f"{c.id} refused without a reason"
             res.refused[c.id] = st.reason
+    if fused.report.fallbacks:
+        raise SilentMismatch("whole-graph executor fell back:\n  " + "\n  ".join(fused.report.fallbacks)
+                             + f"\n{prog!r}")
     e_loss, e_grads = _eager_grads(copy.deepcopy(model), prog)
     traced = traced or trace_program(prog)
     gen = torch.Generator().manual_seed(seed)
@@ -1076,6 +1091,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--e2e-every", type=int, default=5, help="run the whole pipeline on every k-th program")
     p.add_argument("--max-ops", type=int, default=8)
+    p.add_argument("--executor", default="triton", choices=["triton", "inductor"],
+                   help="e2e cases: fusionlab's Triton kernels (interpreter on CPU) or the whole-graph "
+                        "Inductor executor")
+    p.add_argument("--no-codegen", action="store_true", help="run only the e2e checks")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     totals = {"codegen": [0, 0.0], "e2e": [0, 0.0]}
@@ -1086,10 +1105,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for i in range(args.cases):
         prog = gen_program(RandomDraw(args.seed * 1_000_003 + i), max_ops=args.max_ops)
-        kinds = ["codegen"] + (["e2e"] if args.e2e_every and i % args.e2e_every == 0 else [])
+        kinds = ([] if args.no_codegen else ["codegen"]) + (
+            ["e2e"] if args.e2e_every and i % args.e2e_every == 0 else [])
         for kind in kinds:
             try:
-                r = (check_codegen if kind == "codegen" else check_e2e)(prog, seed=i)
+                if kind == "codegen":
+                    r = check_codegen(prog, seed=i)
+                else:
+                    r = check_e2e(prog, seed=i, executor=args.executor)
             except SilentMismatch as e:
                 failures.append((i, kind, str(e)))
                 print(f"case {i} ({kind}): MISMATCH\n{e}\n", flush=True)
