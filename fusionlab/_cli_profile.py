@@ -2,6 +2,7 @@
 
     python -m fusionlab profile --model gpt2-tiny [--fuse all|p1,p2] [--steps N] [--warmup N]
         [--compare eager,fusionlab,inductor] [--gpu h100] [--html report.html] [--trace]
+        [--executor auto|inductor|inductor-groups|triton]
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adamw", help="adamw, adam, sgd or none")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the zoo model's)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--executor", default="auto", choices=["auto", "inductor", "inductor-groups", "triton"],
+                   help="what runs the fusionlab variant: auto (Triton on a GPU, inductor on CPU), "
+                        "inductor (whole graphs, Inductor fusing only inside the groups), "
+                        "inductor-groups (each group compiled alone, called from Python), "
+                        "triton (fusionlab's kernels; the interpreter on CPU: correct, slow)")
     p.add_argument("--html", default=None, help="write a stand-alone HTML report here")
     p.add_argument("--trace", default=None, nargs="?", const=True,
                    help="export a Chrome trace (optionally: its path)")
@@ -52,7 +58,7 @@ def run_profile(args) -> int:
     optimizer = None if args.optimizer == "none" else args.optimizer
     res = profile(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=args.steps, warmup=args.warmup,
                   compare=args.compare, gpu=args.gpu, optimizer=optimizer, trace=args.trace or False,
-                  model_name=zm.name)
+                  model_name=zm.name, executor=args.executor)
     print()
     print(res.text())
     try:

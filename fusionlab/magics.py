@@ -4,7 +4,7 @@ Line magic::
 
     %fusionlab profile MODEL [INPUTS] [--steps N] [--warmup N] [--fuse all|none|PATTERN,...]
                        [--compare eager,fusionlab,inductor] [--gpu h100] [--loss NAME]
-                       [--html PATH] [--trace]
+                       [--executor auto|inductor|inductor-groups|triton] [--html PATH] [--trace]
     %fusionlab kernels          the current plan's kernels: id, pattern, check status
     %fusionlab plan             the current plan (selection and modeled summary)
     %fusionlab help
@@ -30,7 +30,8 @@ import time
 USAGE = """\
 %fusionlab profile MODEL [INPUTS] [--steps N] [--warmup N] [--fuse all|none|PATTERN,...]
                    [--compare eager,fusionlab,inductor] [--gpu h100|a100|t4|rtx4090]
-                   [--loss NAME] [--html PATH] [--trace]
+                   [--loss NAME] [--executor auto|inductor|inductor-groups|triton]
+                   [--html PATH] [--trace]
 %fusionlab kernels          the current plan's kernels (id, pattern, check status)
 %fusionlab plan             the current plan
 %fusionlab help             this text
@@ -63,6 +64,7 @@ def _profile_parser() -> _Parser:
     p.add_argument("--gpu", default="h100")
     p.add_argument("--loss", default=None)
     p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--executor", default="auto")
     p.add_argument("--html", default=None)
     p.add_argument("--trace", action="store_true")
     return p
@@ -185,6 +187,10 @@ class FusionlabExtension:
             get_gpu(args.gpu)
         except ValueError:
             raise UsageError(f"--gpu takes one of {', '.join(GPUS)}; got {args.gpu!r}") from None
+        from .profiler import EXECUTORS
+
+        if args.executor not in EXECUTORS:
+            raise UsageError(f"--executor takes one of {', '.join(EXECUTORS)}; got {args.executor!r}")
         loss_fn = self._lookup(args.loss, "loss") if args.loss else None
         name = None
         if args.model.startswith("zoo:"):
@@ -207,7 +213,7 @@ class FusionlabExtension:
         self.plan = plan
         result = profile(model, inputs, plan=plan, loss_fn=loss_fn, steps=args.steps, warmup=args.warmup,
                          compare=compare, gpu=args.gpu, optimizer=args.optimizer, trace=args.trace,
-                         model_name=name)
+                         model_name=name, executor=args.executor)
         self.last_result = result
         if args.html:
             path = result.to_html(args.html)

@@ -371,6 +371,9 @@ def _describe_device(dev: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+EXECUTORS = ("auto", "inductor", "inductor-groups", "triton")  # the names ``executor=`` takes
+
+
 def _resolve_executor(executor, dev: torch.device):
     """(executor or None for Triton, its name)."""
     if executor is None or executor == "auto":

@@ -50,3 +50,5 @@ def test_cli_profile_bad_arguments():
     assert p.returncode == 2
     assert "unknown zoo model 'no-such-model'" in p.stderr
     assert "Traceback" not in p.stderr
+    p = _run("profile", "--model", "mlp", "--executor", "fastest")
+    assert p.returncode == 2 and "--executor: invalid choice: 'fastest'" in p.stderr

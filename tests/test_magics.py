@@ -63,9 +63,11 @@ def test_profile_names_from_the_user_namespace(ip, tmp_path):
     ip.user_ns["batch"] = zm.inputs
     out = tmp_path / "r.html"
     res = ip.run_line_magic(
-        "fusionlab", f"profile net batch --steps 2 --warmup 0 --compare eager,fusionlab --fuse gelu,gelu_backward --html {out}"
+        "fusionlab", f"profile net batch --steps 2 --warmup 0 --compare eager,fusionlab --fuse gelu,gelu_backward "
+                     f"--executor inductor-groups --html {out}"
     )
     assert isinstance(res, ProfileResult)
+    assert res["fusionlab"].executor == "inductor-cpp (per group)"
     assert res.plan.selected and all(c.matches("gelu") or c.matches("gelu_backward") for c in res.plan.selected)
     assert out.exists() and out.read_text().startswith("<!DOCTYPE html>")
 
@@ -77,6 +79,7 @@ def test_profile_names_from_the_user_namespace(ip, tmp_path):
     ("profile undefined_model x", "not defined"),
     ("profile zoo:gpt2-block --compare eager,fastest", "--compare"),
     ("profile zoo:gpt2-block --gpu v99", "--gpu"),
+    ("profile zoo:gpt2-block --executor fastest", "--executor takes one of auto, inductor"),
     ("profile zoo:gpt2-block --bogus 1", "unrecognized arguments"),
     ("frobnicate", "unknown command"),
     ("kernels extra", "no arguments"),
