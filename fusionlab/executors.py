@@ -11,8 +11,10 @@ selected group's subgraph, *on its own*, to Inductor (``compile_fx``), which com
 into one C++/OpenMP kernel (or a few, where one group needs more than one loop nest on
 CPU). Fusion therefore happens only inside the groups the user picked; every other op
 runs as in eager. Each compiled group is checked against the eager subgraph on fresh
-random inputs with the captured shapes, dtypes and strides, and refused (it runs unfused,
-``KernelStatus.used == False`` with the reason) on any mismatch.
+random inputs with the captured shapes, dtypes and strides, then once more with NaN, +inf
+and -inf written into its floating inputs (Inductor's rules for them are not always
+eager's: a var over one inf element is NaN in eager, 0 in Inductor), and refused (it runs
+unfused, ``KernelStatus.used == False`` with the reason) on any mismatch.
 
 :class:`InductorGraphExecutor` (what ``profile`` uses on CPU) builds and checks each group
 the same way, then also implements ``compile_graph(kind, gm, example_inputs, groups)``:
@@ -242,20 +244,28 @@ class InductorGroupExecutor:
         start = time.perf_counter()
         try:
             ok = True
-            for trial in range(max(1, self.trials)):
-                ins = first if trial == 0 else [
-                    random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas
-                ]
+            floats = any(m[3].is_floating_point for m in metas)
+            for trial in range(max(1, self.trials) + floats):
+                if trial == 0:
+                    ins = first
+                elif trial < max(1, self.trials):
+                    ins = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
+                else:  # NaN and +-inf where eager's rules for them may differ from Inductor's
+                    ins = [special_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
                 # the same tensors (strides included: a clone of an expanded input is dense);
                 # groups hold no in-place ops, so neither run changes them
                 expected = sub(*ins)
                 got = group(*ins)
                 if len(got) != len(expected):
                     raise RuntimeError(f"{len(got)} outputs, eager gives {len(expected)}")
+                specials = trial >= max(1, self.trials)
                 for i, (g, e) in enumerate(zip(got, expected)):
-                    good, abs_err, rel_err = compare(g, e)
+                    good, abs_err, rel_err = (_compare_blowups if specials else compare)(g, e)
                     if abs_err > res.max_abs or not good:
                         res.worst_output = f"output {i}"
+                        if specials:
+                            res.worst_output += (" (inputs with NaN/inf: non-finite where eager is finite, "
+                                                 "or the reverse)" if abs_err != abs_err else " (inputs with NaN/inf)")
                     res.max_abs = max(res.max_abs, abs_err)
                     res.max_rel = max(res.max_rel, rel_err)
                     ok &= good
@@ -265,6 +275,30 @@ class InductorGroupExecutor:
             res.error = f"{type(e).__name__}: {msg}"
         res.seconds = time.perf_counter() - start
         return res
+
+
+def _compare_blowups(got: torch.Tensor, expected: torch.Tensor):
+    """`compare` for inputs holding NaN/inf: the same elements must blow up (NaN and +-inf
+    count alike: eager's var_mean turns a row with an inf into NaN where a two-pass mean
+    gives inf), and the finite ones must match."""
+    if not (isinstance(got, torch.Tensor) and got.is_floating_point()) or got.shape != expected.shape:
+        return compare(got, expected)
+    finite = torch.isfinite(expected)
+    if not torch.equal(torch.isfinite(got), finite):
+        return False, float("nan"), float("nan")
+    return compare(got[finite], expected[finite])
+
+
+def special_tensor(shape, stride, dtype, device, gen) -> torch.Tensor:
+    """`random_tensor` with NaN, +inf and -inf written into its storage (floating dtypes)."""
+    x = random_tensor(shape, stride, dtype, device, gen)
+    if not dtype.is_floating_point or x.numel() == 0:
+        return x
+    flat = x.as_strided((x.untyped_storage().nbytes() // x.element_size(),), (1,), 0)
+    n = flat.numel()
+    for value, at in ((float("inf"), 0), (float("nan"), n // 2), (float("-inf"), n - 1)):
+        flat[at] = value
+    return x
 
 
 def clear_cache() -> None:

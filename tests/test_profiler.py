@@ -337,3 +337,29 @@ def test_graph_executor_matches_eager_on_zoo_models(name):
     for g in ex.graphs:
         assert all(k.ok for k in g.loops)
         assert {k.group for k in g.loops} - {None} == set(g.groups) <= used
+
+
+class _VarOfOne(torch.nn.Module):
+    """var over a size-1 dim: eager gives NaN for an inf element, Inductor's Welford gives 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        v = (x * self.w).var(dim=0, correction=0)
+        return (v * v).sum()
+
+
+def test_inductor_groups_are_checked_with_nan_and_inf_inputs():
+    """Found by bench/fuzz.py --executor inductor: a group whose NaN/inf rules differ from eager's
+    is refused (it runs unfused), so a step fed an inf gives eager's NaN, not Inductor's 0."""
+    model = _VarOfOne()
+    plan = make_plan(model, (torch.randn(1),), fuse="all")
+    fw = [c for c in plan.selected if c.graph.startswith("fw")]
+    assert [c.ops for c in fw] == [("aten.mul.Tensor", "aten.var.correction")]
+    fused = plan.compile(copy.deepcopy(model), executor=InductorGraphExecutor())
+    bad = torch.tensor([float("inf")])
+    assert torch.isnan(model(bad)) and torch.isnan(fused(bad))
+    (refused,) = fused.report.failed
+    assert refused.candidate == fw[0].id and "inputs with NaN/inf: non-finite where eager is finite" in refused.reason
