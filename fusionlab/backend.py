@@ -146,7 +146,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
     build for each group (the profiler uses one that compiles each group alone with
     Inductor's CPU backend); the callable takes the group's inputs and returns a tuple of
     its outputs. An executor that also has ``compile_graph(kind, gm, example_inputs,
-    groups)`` compiles each graph whole once its groups passed their checks (see
+    groups, refused=...)`` compiles each graph whole once its groups passed their checks (see
     :class:`fusionlab.executors.InductorGraphExecutor`); if that raises, the graph is
     rewritten with the per-group callables instead and ``report.fallbacks`` says why.
     """
@@ -187,7 +187,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         graph = CapturedGraph(index=ref.index, kind=kind, gm=gm, nodes=node_facts(gm))
         cands, _ = graph_candidates(graph)
         keyed = _keyed(cands)
-        chosen = []
+        chosen, refused = [], []
         for key in wanted:
             cand = keyed.get(key)
             if cand is None:
@@ -201,12 +201,14 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
             report.kernels.append(status)
             if kernel is not None:
                 chosen.append((cand, kernel))
+            else:
+                refused.append(cand)
         report.graphs.append(ref.tag)
         if not chosen:
             return None
         if hasattr(executor, "compile_graph"):
             try:
-                return executor.compile_graph(kind, gm, _example, [c for c, _ in chosen])
+                return executor.compile_graph(kind, gm, _example, [c for c, _ in chosen], refused=refused)
             except Exception as e:  # noqa: BLE001 - the per-group graph below still fuses every group
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 report.fallbacks.append(f"{ref.tag}: whole-graph compile failed ({type(e).__name__}: {msg}); "

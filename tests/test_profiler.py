@@ -340,26 +340,50 @@ def test_graph_executor_matches_eager_on_zoo_models(name):
 
 
 class _VarOfOne(torch.nn.Module):
-    """var over a size-1 dim: eager gives NaN for an inf element, Inductor's Welford gives 0."""
+    """var over a size-1 dim (eager gives NaN for an inf element, Inductor's Welford gives 0),
+    next to a group Inductor computes as eager does."""
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(1))
+        self.u = torch.nn.Parameter(torch.ones(8))
 
-    def forward(self, x):
+    def forward(self, x, z):
         v = (x * self.w).var(dim=0, correction=0)
-        return (v * v).sum()
+        return (v * v).sum() + (torch.sigmoid(z * self.u) * 2.0).sum(dim=-1).mean()
 
 
 def test_inductor_groups_are_checked_with_nan_and_inf_inputs():
     """Found by bench/fuzz.py --executor inductor: a group whose NaN/inf rules differ from eager's
-    is refused (it runs unfused), so a step fed an inf gives eager's NaN, not Inductor's 0."""
+    is refused and its ops run as ATen calls, so a step fed an inf gives eager's NaN, not 0."""
     model = _VarOfOne()
-    plan = make_plan(model, (torch.randn(1),), fuse="all")
+    inputs = (torch.randn(1), torch.randn(4, 8))
+    plan = make_plan(model, inputs, fuse="all")
     fw = [c for c in plan.selected if c.graph.startswith("fw")]
-    assert [c.ops for c in fw] == [("aten.mul.Tensor", "aten.var.correction")]
-    fused = plan.compile(copy.deepcopy(model), executor=InductorGraphExecutor())
-    bad = torch.tensor([float("inf")])
-    assert torch.isnan(model(bad)) and torch.isnan(fused(bad))
+    var_group = next(c for c in fw if "aten.var.correction" in c.ops)
+    assert len(fw) >= 2
+    ex = InductorGraphExecutor()
+    fused = plan.compile(copy.deepcopy(model), executor=ex)
+    bad = (torch.tensor([float("inf")]), inputs[1])
+    assert torch.isnan(model(*bad)) and torch.isnan(fused(*bad))
+    assert torch.allclose(fused(*inputs), model(*inputs))
     (refused,) = fused.report.failed
-    assert refused.candidate == fw[0].id and "inputs with NaN/inf: non-finite where eager is finite" in refused.reason
+    assert refused.candidate == var_group.id
+    assert "inputs with NaN/inf: non-finite where eager is finite" in refused.reason
+    (graph,) = ex.graphs  # the forward graph compiled whole, the other group fused in it
+    assert {k.group for k in graph.loops} - {None} == {c.id for c in fw if c is not var_group}
+    assert not any(set(k.nodes) & set(var_group.nodes) for k in graph.loops)  # ATen calls, not loops
+
+
+def test_graph_executor_can_run_every_other_op_as_aten(block):
+    """eager_outside_groups=True: outside the groups Inductor generates no loop at all."""
+    partial = make_plan(block.model, block.inputs, loss_fn=block.loss_fn, fuse="none")
+    picked = next(c for c in partial.candidates if "softmax" in c.pattern and c.graph.startswith("fw"))
+    partial.select(picked.id)
+    ex = InductorGraphExecutor(eager_outside_groups=True)
+    chk = check_numerics(block.model, block.inputs, plan=partial, steps=1, executor=ex)
+    assert chk.ok(), chk
+    assert [s.candidate for s in chk.report.used] == [picked.id] and not chk.report.fallbacks
+    (graph,) = ex.graphs
+    assert graph.loops and all(k.group == picked.id for k in graph.loops)
+    assert "extern_kernels" in graph.source or "torch.ops.aten" in graph.source
