@@ -268,7 +268,7 @@ def test_graph_executor_fuses_only_inside_the_selected_groups(block):
 
 
 def test_graph_executor_falls_back_to_per_group_calls(block, plan, monkeypatch):
-    def broken(self, kind, gm, example_inputs, groups):
+    def broken(self, kind, gm, example_inputs, groups, refused=()):
         raise FusionPolicyError("test: a loop nest crossed a group boundary")
 
     monkeypatch.setattr(InductorGraphExecutor, "compile_graph", broken)
