@@ -264,7 +264,8 @@ class ProfileResult:
     # ------------------------------------------------------------------ figures
 
     def figure(self):
-        """Plotly figure: step times with spread, bytes moved, per-group breakdown, roofline."""
+        """Plotly figure: step times with spread, bytes moved, per-group breakdown, roofline (modeled),
+        and the top ops and kernels of one profiled step per variant (measured)."""
         return _profile_figure(self)
 
     def to_html(self, path) -> str:
@@ -756,13 +757,16 @@ def _profile_figure(res: ProfileResult):
 
     gname = res.gpu.name if res.gpu is not None else "GPU"
     fig = make_subplots(
-        rows=2, cols=2,
+        rows=3, cols=2,
+        specs=[[{}, {}], [{}, {}], [{"colspan": 2}, None]],
         subplot_titles=(
             f"step time, measured on {res.device} (median, IQR)",
             f"bytes moved per step ({res.modeled_label})",
             f"per fusion group ({res.modeled_label})",
             f"roofline, {res.modeled_label}",
+            f"top ops and kernels of one step, measured on {res.device} (torch.profiler self time)",
         ),
+        vertical_spacing=0.09,
     )
     ok = [v for v in res.variants if v.ok]
     fig.add_trace(go.Bar(
@@ -814,8 +818,22 @@ def _profile_figure(res: ProfileResult):
                 text=[f"{k.graph}.{k.name} ({k.kind}, {k.bound}-bound)" for k in ks]), row=2, col=2)
         fig.update_xaxes(type="log", title_text="FLOP / byte", row=2, col=2)
         fig.update_yaxes(type="log", title_text="TFLOP/s (modeled, incl. launch)", row=2, col=2)
-    fig.update_layout(height=800, title=f"fusionlab profile: {res.model_name}")
+    for v in ok:  # measured: the top of each variant's torch.profiler table
+        top = v.top_kernels[:8]
+        if not top:
+            continue
+        fig.add_trace(go.Bar(
+            x=[f"{v.name}: {_short(name)}" for name, _, _ in top], y=[t for _, _, t in top],
+            name=f"{v.name} top kernels (measured)", marker_color=_COLORS.get(v.name, "#17becf"),
+            text=[f"{n} call(s)" for _, n, _ in top], hovertext=[name for name, _, _ in top],
+        ), row=3, col=1)
+    fig.update_yaxes(title_text="µs self time, one step (measured)", row=3, col=1)
+    fig.update_layout(height=1150, title=f"fusionlab profile: {res.model_name}")
     return fig
+
+
+def _short(name: str, width: int = 38) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def _html_table(rows: list[list], head: list[str]) -> str:

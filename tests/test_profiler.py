@@ -132,6 +132,8 @@ def test_html_report_is_standalone(result, tmp_path):
     assert len(fig.data) >= 6
     names = {t.name for t in fig.data}
     assert "eager kernels" in names and "fusionlab kernels" in names
+    measured = next(t for t in fig.data if t.name == "fusionlab top kernels (measured)")
+    assert len(measured.y) == min(8, len(result["fusionlab"].top_kernels)) and all(t > 0 for t in measured.y)
 
 
 @pytest.mark.parametrize("executor, name", [
