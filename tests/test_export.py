@@ -9,74 +9,11 @@ import sys
 import textwrap
 
 import pytest
+from _kernel_sources import BIAS_GELU as GELU
+from _kernel_sources import SOFTMAX_LOOPED as SOFTMAX
 
 from fusionlab.build.export import export_kernels, kernel_docstring, save_kernel
 from fusionlab.codegen.source import KernelSource
-
-GELU = """\
-import torch
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def fused_bias_gelu_0(in_x, in_bias, out_y, xnumel, XBLOCK: tl.constexpr):
-    xoffset = tl.program_id(0) * XBLOCK
-    xindex = xoffset + tl.arange(0, XBLOCK)
-    xmask = xindex < xnumel
-    c = xindex % 768
-    x = tl.load(in_x + xindex, mask=xmask, other=0.0).to(tl.float32)
-    bias = tl.load(in_bias + c, mask=xmask, other=0.0).to(tl.float32)
-    add = x + bias
-    y = add * 0.5 * (tl.erf(add * 0.7071067811865476) + 1.0)
-    tl.store(out_y + xindex, y, mask=xmask)
-
-
-def launch_fused_bias_gelu_0(x, bias, XBLOCK=1024, num_warps=4):
-    y = torch.empty_like(x)
-    n = x.numel()
-    fused_bias_gelu_0[(triton.cdiv(n, XBLOCK),)](x, bias, y, n, XBLOCK=XBLOCK, num_warps=num_warps)
-    return y
-"""
-
-SOFTMAX = """\
-import torch
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def fused_softmax_1(in_x, out_y, xnumel, rnumel, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):
-    xindex = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)[:, None]
-    xmask = xindex < xnumel
-    rbase = tl.arange(0, RBLOCK)[None, :]
-    _max = tl.full([XBLOCK, RBLOCK], float("-inf"), tl.float32)
-    for roffset in range(0, rnumel, RBLOCK):
-        rindex = roffset + rbase
-        rmask = rindex < rnumel
-        x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=float("-inf")).to(tl.float32)
-        _max = tl.maximum(_max, x)
-    amax = tl.max(_max, 1)[:, None]
-    _sum = tl.zeros([XBLOCK, RBLOCK], tl.float32)
-    for roffset in range(0, rnumel, RBLOCK):
-        rindex = roffset + rbase
-        rmask = rindex < rnumel
-        x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=float("-inf")).to(tl.float32)
-        _sum = _sum + tl.where(xmask & rmask, tl.exp(x - amax), 0.0)
-    denom = tl.sum(_sum, 1)[:, None]
-    for roffset in range(0, rnumel, RBLOCK):
-        rindex = roffset + rbase
-        rmask = rindex < rnumel
-        x = tl.load(in_x + xindex * rnumel + rindex, mask=xmask & rmask, other=0.0).to(tl.float32)
-        tl.store(out_y + xindex * rnumel + rindex, tl.exp(x - amax) / denom, mask=xmask & rmask)
-
-
-def launch_fused_softmax_1(x, *, XBLOCK=1, RBLOCK=128, num_warps=4):
-    n, r = x.shape
-    y = torch.empty_like(x)
-    fused_softmax_1[(triton.cdiv(n, XBLOCK),)](x, y, n, r, XBLOCK=XBLOCK, RBLOCK=RBLOCK, num_warps=num_warps)
-    return y
-"""
 
 
 def gelu_ks(**kw) -> KernelSource:
