@@ -389,3 +389,23 @@ def test_graph_executor_can_run_every_other_op_as_aten(block):
     (graph,) = ex.graphs
     assert graph.loops and all(k.group == picked.id for k in graph.loops)
     assert "extern_kernels" in graph.source or "torch.ops.aten" in graph.source
+
+
+def test_graph_executor_recompiles_for_a_new_batch_size():
+    zm, zm2 = zoo.get("mlp"), zoo.get("mlp", batch=5)
+    plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
+    ex = InductorGraphExecutor()
+    model = copy.deepcopy(zm.model)
+    fused = plan.compile(model, executor=ex)
+    for inputs in (zm.inputs, zm2.inputs):
+        ref = copy.deepcopy(zm.model)
+        want = ref(*inputs)  # the mlp returns its loss
+        want.backward()
+        got = fused(*inputs)
+        got.backward()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for p, q in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+            p.grad = None
+    assert sorted(g.kind for g in ex.graphs) == ["backward", "backward", "forward", "forward"]  # per shape
+    assert not fused.report.failed and not fused.report.fallbacks
