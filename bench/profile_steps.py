@@ -9,16 +9,18 @@ backward, AdamW step, zero_grad) of four variants, each on its own copy of the m
 interleaved step by step (the order rotating every round):
 
   eager      the model as written (native ATen ops: layer_norm, gelu, softmax are one op each)
-  unfused    the captured, decomposed ATen graphs run op by op (nothing fused): the
-             baseline fusion is measured against
+  unfused    the fusionlab variant's executor with nothing selected (CPU: the same
+             whole-graph Inductor compile, every op on its own): fusionlab vs unfused is
+             what the chosen fusions alone buy (with --executor inductor-groups or triton:
+             the captured ATen graphs run op by op)
   fusionlab  select-all plan; every group compiled alone by Inductor and checked against
              eager, then each graph compiled whole by Inductor with fusion allowed only
              inside the groups (``InductorGraphExecutor``); every other op its own loop
   inductor   plain ``torch.compile`` of the same step function
 
 Reported: median step time and spread (IQR, min) over the measured steps, ratios, kernels
-per step (forward + backward; eager counted by torch.profiler, unfused/fusionlab from the
-captured graphs, inductor from its generated code) and the *modeled* non-matmul bytes per
+per step (forward + backward; eager counted by torch.profiler, the compiled variants from
+Inductor's generated code: C++ function and library calls) and the *modeled* non-matmul bytes per
 step (fusionlab.cost: eager = every op reads its inputs and writes its output; select-all =
 each group reads its inputs once and writes its outputs once).
 

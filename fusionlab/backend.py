@@ -181,9 +181,11 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
             report.unmatched.append(f"a {kind} graph that was not captured by this plan runs unfused")
             return None
         wanted = selected_by_graph.get(ref.tag, set())
+        whole = hasattr(executor, "compile_graph") and getattr(executor, "compile_unselected", False)
         if not wanted:
             report.graphs.append(ref.tag)
-            return None
+            # a whole-graph executor runs every graph its way, so "nothing fused" compares alike
+            return _compile_whole(executor, kind, gm, _example, [], [], ref.tag, report) if whole else None
         graph = CapturedGraph(index=ref.index, kind=kind, gm=gm, nodes=node_facts(gm))
         cands, _ = graph_candidates(graph)
         keyed = _keyed(cands)
@@ -205,14 +207,11 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
                 refused.append(cand)
         report.graphs.append(ref.tag)
         if not chosen:
-            return None
+            return _compile_whole(executor, kind, gm, _example, [], refused, ref.tag, report) if whole else None
         if hasattr(executor, "compile_graph"):
-            try:
-                return executor.compile_graph(kind, gm, _example, [c for c, _ in chosen], refused=refused)
-            except Exception as e:  # noqa: BLE001 - the per-group graph below still fuses every group
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                report.fallbacks.append(f"{ref.tag}: whole-graph compile failed ({type(e).__name__}: {msg}); "
-                                        "its groups run as separately compiled calls")
+            fn = _compile_whole(executor, kind, gm, _example, [c for c, _ in chosen], refused, ref.tag, report)
+            if fn is not None:
+                return fn
         try:
             return rewrite(gm, chosen).forward
         except Exception as e:  # noqa: BLE001 - fall back to the unfused graph, loudly
@@ -227,6 +226,17 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
     backend.report = report
     plan.last_report = report
     return backend
+
+
+def _compile_whole(executor, kind, gm, example, chosen, refused, tag, report):
+    """``executor.compile_graph``, or None (and a line in ``report.fallbacks``) when it fails."""
+    try:
+        return executor.compile_graph(kind, gm, example, chosen, refused=refused)
+    except Exception as e:  # noqa: BLE001 - the per-group graph (or the plain one) still runs
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        report.fallbacks.append(f"{tag}: whole-graph compile failed ({type(e).__name__}: {msg}); "
+                                + ("its groups run as separately compiled calls" if chosen else "it runs unfused"))
+        return None
 
 
 class FusedStep(torch.nn.Module):

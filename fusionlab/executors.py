@@ -451,9 +451,12 @@ class InductorGraphExecutor(InductorGroupExecutor):
 
     name = "inductor-cpp (groups only)"
 
-    def __init__(self, *, eager_outside_groups: bool = False, **kw):
+    def __init__(self, *, eager_outside_groups: bool = False, compile_unselected: bool = True, **kw):
         super().__init__(**kw)
         self.eager_outside_groups = eager_outside_groups
+        # graphs with no selected group are compiled the same way (nothing fused), so a plan
+        # and the empty plan differ only by the fusion decisions
+        self.compile_unselected = compile_unselected
         self.graphs: list[CompiledGraph] = []
 
     def __repr__(self) -> str:

@@ -10,9 +10,10 @@ optimizer step, zero_grad) of each variant on the same inputs:
                  (:class:`fusionlab.executors.InductorGraphExecutor`), because the Triton
                  interpreter is for correctness, not speed;
 * ``inductor``   plain ``torch.compile`` of the same step function (fuses everything it likes);
-* ``unfused``    (optional) the captured, decomposed ATen graphs run op by op with no group
-                 fused: the baseline that isolates what fusing the groups buys from what
-                 decomposing native ops (layer_norm, gelu, softmax ...) costs.
+* ``unfused``    (optional) the fusionlab variant with nothing selected: with the CPU
+                 ``inductor`` executor, the same whole-graph compile with every op on its
+                 own, so fusionlab vs unfused is what the chosen fusions alone buy; with
+                 the other executors, the captured, decomposed ATen graphs run op by op.
 
 Every variant trains its own ``copy.deepcopy(model)`` with its own optimizer, so profiling
 never changes the model. The variants run interleaved, one step each in turn (the order
@@ -67,6 +68,7 @@ class VariantResult:
     kernels_per_step: int | None = None  # fwd+bwd kernel launches
     kernels_how: str = ""
     kernels_measured: int | None = None  # CUDA: kernels in one profiled step (torch.profiler)
+    loop_nests: int | None = None  # whole-graph executor: Inductor loop nests per step (not library calls)
     peak_memory: int | None = None  # bytes
     peak_memory_how: str = ""
     losses: list[float] = field(default_factory=list)
@@ -188,6 +190,7 @@ class ProfileResult:
                 "speed-up vs eager": self.ratio(v.name),
                 "kernels/step": v.kernels_per_step,
                 "kernels counted from": v.kernels_how,
+                "loop nests/step": v.loop_nests,
                 "peak memory MiB": None if v.peak_memory is None else v.peak_memory / 2**20,
                 "loss rel diff vs eager": self.loss_rel_diff(v.name) if v.name != "eager" else 0.0,
                 "first step s": v.first_step_s,
@@ -506,9 +509,18 @@ def profile(
                 from .backend import make_backend
                 from .plan import FusionPlan
 
-                v.backend = make_backend(FusionPlan(plan.capture, plan.candidates))
+                ex, _ = _resolve_executor(executor, dev)
+                if isinstance(ex, InductorGraphExecutor):
+                    # the fusionlab variant's executor with nothing selected: the two differ
+                    # only by the fusions the user picked
+                    same = InductorGraphExecutor(eager_outside_groups=ex.eager_outside_groups)
+                    v.executor = same
+                    v.backend = make_backend(FusionPlan(plan.capture, plan.candidates), executor=same)
+                    v.result.executor = "inductor-cpp (nothing fused)"
+                else:
+                    v.backend = make_backend(FusionPlan(plan.capture, plan.candidates))
+                    v.result.executor = "captured ATen graphs, op by op"
                 v.fn = torch.compile(step, backend=v.backend, dynamic=False)
-                v.result.executor = "captured ATen graphs, op by op"
             else:
                 v.fn = torch.compile(step, dynamic=False)
                 v.result.executor = f"torch.compile (inductor, {'triton' if cuda else 'cpp'})"
@@ -581,6 +593,11 @@ def profile(
     notes.append("kernels/step: forward + backward only (the optimizer step, the same in every variant, "
                  "is not counted); " + "; ".join(f"{v.name}: {v.result.kernels_how}" for v in variants
                                                  if v.result.kernels_how))
+    nests = [v for v in variants if v.result.loop_nests is not None]
+    if nests:
+        notes.append("Inductor counts C++ function calls there; a function may hold several loop nests, "
+                     "each reading and writing memory: loop nests per step "
+                     + ", ".join(f"{v.name} {v.result.loop_nests}" for v in nests))
     if not cuda:
         notes.append("peak memory: largest CPU allocator total above the step's start, from "
                      "torch.profiler memory events of one profiled step")
@@ -603,16 +620,16 @@ def _count_kernels(plan, variants: list[_Variant]) -> None:
 
     for v in variants:
         r = v.result
-        if v.name in ("eager", "unfused"):
+        if isinstance(v.executor, InductorGraphExecutor) and v.executor.graphs:
+            r.kernels_per_step = sum(g.kernels for g in v.executor.graphs)
+            r.kernels_how = "Inductor generated code"
+            r.loop_nests = sum(len(g.loops) for g in v.executor.graphs)
+        elif v.name in ("eager", "unfused"):
             r.kernels_per_step = step_cost(plan, fused=False).launches
             r.kernels_how = "captured graphs"
         elif v.name == "fusionlab" and r.report is not None:
             used = [s.candidate for s in r.report.used]
             n = step_cost(plan, fused=True, selected=used).launches
-            if isinstance(v.executor, InductorGraphExecutor) and v.executor.graphs:
-                r.kernels_per_step = sum(g.kernels for g in v.executor.graphs)
-                r.kernels_how = "Inductor generated code"
-                continue
             if isinstance(v.executor, InductorGroupExecutor):
                 # a group compiled by Inductor may need more than one loop nest on CPU
                 n += sum(v.executor.groups[c].kernels - 1 for c in used
