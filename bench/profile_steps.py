@@ -20,7 +20,8 @@ interleaved step by step (the order rotating every round):
 
 Reported: median step time and spread (IQR, min) over the measured steps, ratios, kernels
 per step (forward + backward; eager counted by torch.profiler, the compiled variants from
-Inductor's generated code: C++ function and library calls) and the *modeled* non-matmul bytes per
+Inductor's generated code: C++ function and library calls; "loops": the loop nests of the
+whole-graph executor, several of which may share one C++ function) and the *modeled* non-matmul bytes per
 step (fusionlab.cost: eager = every op reads its inputs and writes its output; select-all =
 each group reads its inputs once and writes its outputs once).
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     results = [bench_model(m, args) for m in args.models]
 
     head = (f"{'model':11} {'variant':10} {'executor':31} {'median ms':>9} {'IQR ms':>8} {'min ms':>8} "
-            f"{'vs eager':>8} {'vs compile':>10} {'kernels':>7} {'modeled non-matmul':>19}")
+            f"{'vs eager':>8} {'vs compile':>10} {'kernels':>7} {'loops':>5} {'modeled non-matmul':>19}")
     print()
     print(head)
     print("-" * len(head))
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
             vs_c = res.ratio(v.name, "inductor")
             print(f"{r['name']:11} {v.name:10} {v.executor[:31]:31} {_f(v.median_ms):>9} {_f(v.iqr_ms):>8} "
                   f"{_f(v.min_ms):>8} {_f(res.ratio(v.name), '{:.2f}x'):>8} {_f(vs_c, '{:.2f}x'):>10} "
-                  f"{v.kernels_per_step if v.kernels_per_step is not None else '-':>7} {nm:>19}")
+                  f"{v.kernels_per_step if v.kernels_per_step is not None else '-':>7} "
+                  f"{v.loop_nests if v.loop_nests is not None else '-':>5} {nm:>19}")
         fl, eg = res.modeled.get("fusionlab"), res.modeled.get("eager")
         try:
             f_ms, e_ms = res["fusionlab"].median_ms, res["eager"].median_ms
