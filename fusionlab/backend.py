@@ -37,6 +37,8 @@ class BackendReport:
     kernels: list[KernelStatus] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # graphs an executor could not compile whole
+    # whole-graph executors: candidate id -> the C++ function (or "") of each loop nest it became
+    loops: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def used(self) -> list[KernelStatus]:
@@ -231,7 +233,12 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
 def _compile_whole(executor, kind, gm, example, chosen, refused, tag, report):
     """``executor.compile_graph``, or None (and a line in ``report.fallbacks``) when it fails."""
     try:
-        return executor.compile_graph(kind, gm, example, chosen, refused=refused)
+        fn = executor.compile_graph(kind, gm, example, chosen, refused=refused)
+        graphs = getattr(executor, "graphs", None)
+        if graphs:
+            for cid in graphs[-1].groups:
+                report.loops[cid] = [k.function for k in graphs[-1].loops if k.group == cid]
+        return fn
     except Exception as e:  # noqa: BLE001 - the per-group graph (or the plain one) still runs
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         report.fallbacks.append(f"{tag}: whole-graph compile failed ({type(e).__name__}: {msg}); "

@@ -268,7 +268,7 @@ class KernelTable:
 
     @classmethod
     def from_plan(cls, plan, result=None) -> KernelTable:
-        statuses = {}
+        statuses, loops = {}, {}
         executor = "not built yet (profile the plan, or plan.kernels())"
         if result is not None:
             try:
@@ -277,6 +277,7 @@ class KernelTable:
                 v = None
             if v is not None and v.report is not None and result.plan is plan:
                 statuses = {s.candidate: s for s in v.report.kernels}
+                loops = getattr(v.report, "loops", {})
                 executor = v.executor
         rows = []
         for c in plan.selected:
@@ -288,6 +289,11 @@ class KernelTable:
                 chk = s.check
                 detail = (f"max abs err {chk.max_abs:.2g}, max rel err {chk.max_rel:.2g}" if chk is not None
                           and not chk.error else "")
+                if c.id in loops:  # how Inductor compiled it inside the whole step
+                    fns = sorted({f for f in loops[c.id] if f})
+                    n = len(loops[c.id])
+                    detail += (f"; {n} loop nest{'s' if n != 1 else ''}"
+                               + (f" in {', '.join(fns)}" if fns else ""))
             else:
                 status, detail = "NOT fused", s.reason
             rows.append((c.id, c.pattern, len(c.nodes), status, detail))

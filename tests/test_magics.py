@@ -54,6 +54,8 @@ def test_profile_zoo_model_then_kernels(ip, capsys):
     for cand in res.plan.selected:
         assert cand.id in text
     assert all(r[3] == "ok, fused" for r in table.rows)
+    # how Inductor compiled each group inside the whole step: its loop nests and C++ function
+    assert all("loop nest" in r[4] and "cpp_fused_" in r[4] for r in table.rows), table.rows
     assert ip.run_line_magic("fusionlab", "plan") is res.plan
 
 
