@@ -56,6 +56,7 @@ def test_profile_zoo_model_then_kernels(ip, capsys):
     assert all(r[3] == "ok, fused" for r in table.rows)
     # how Inductor compiled each group inside the whole step: its loop nests and C++ function
     assert all("loop nest" in r[4] and "cpp_fused_" in r[4] for r in table.rows), table.rows
+    assert str(res["fusionlab"].report).count("loop nest") == len(res.plan.selected)
     assert ip.run_line_magic("fusionlab", "plan") is res.plan
 
 
