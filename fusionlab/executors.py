@@ -351,9 +351,6 @@ class CompiledGraph:
     seconds: float
     source: str
 
-    def kernels_of(self, cand_id: str) -> int:
-        return sum(1 for k in self.loops if k.group == cand_id)
-
     def functions(self) -> dict[str, list[KernelOrigin]]:
         """C++ function name (as torch.profiler records it) -> the loop nests it runs."""
         out: dict[str, list[KernelOrigin]] = {}
@@ -443,10 +440,11 @@ class InductorGraphExecutor(InductorGroupExecutor):
     thread: +14 % step time vs torch.compile, against +2 % by default). The ops of a
     selected group that failed its check are always ATen calls, since Inductor's version of
     them is what disagreed with eager. Random ops draw from torch's generator as in eager.
-    After compiling, every generated
-    loop nest is listed with the ops it computes (``graphs[i].loops``); one that mixes two
-    groups, or a group with an op outside it, raises :class:`FusionPolicyError` and the
-    backend falls back to the per-group executor's graph for that graph.
+
+    After compiling, every generated loop nest is listed with the ops it computes and its
+    C++ function (``graphs[i].loops``); one that mixes two groups, or a group with an op
+    outside it, raises :class:`FusionPolicyError` and the backend falls back to the
+    per-group executor's graph for that graph.
     """
 
     name = "inductor-cpp (groups only)"
