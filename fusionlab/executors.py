@@ -538,11 +538,12 @@ class InductorGraphExecutor(InductorGroupExecutor):
         with contextlib.ExitStack() as stack:
             stack.enter_context(mock.patch.object(GraphLowering, "run_node", lower))
             stack.enter_context(mock.patch.object(CppScheduling, "define_kernel", define))
-            # the policy is not part of Inductor's cache key: never read or write its caches (a
-            # plain-callable post-fusion pass also makes the FX graph cache bypass; belt and braces);
-            # no pattern rewrites (they would merge ops across groups before the scheduler);
-            # random ops draw from torch's generator as in eager, not Inductor's own
-            stack.enter_context(iconfig.patch(force_disable_caches=True, fx_graph_cache=False,
+            # the policy is not part of Inductor's FX graph cache key (graph -> generated code):
+            # never read or write that cache (a plain-callable post-fusion pass also makes it
+            # bypass; belt and braces). Its compiled-code caches are keyed by the generated
+            # source itself, so they stay on. No pattern rewrites (they would merge ops across
+            # groups before the scheduler); random ops draw from torch's generator as in eager.
+            stack.enter_context(iconfig.patch(fx_graph_cache=False, fx_graph_remote_cache=False,
                                               pattern_matcher=False, combo_kernels=False, fallback_random=True,
                                               max_fusion_size=1 << 20, _post_fusion_custom_pass=record,
                                               **{"cpp.enable_kernel_profile": True}))

@@ -324,6 +324,8 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
     # the same forward graph under another plan: compiled again under that plan's policy
     second = restricted(fw[1])
     assert {k.group for k in second} - {None} == {fw[1].id}
+    # and no throw-away cache directories are left behind (force_disable_caches left one per graph)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("tmp")]
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn-bn", "llama-block", "gpt2-tiny"])
