@@ -160,3 +160,36 @@ def test_profile_pane_uses_profiler_when_present(ex, monkeypatch):
     assert calls["args"][2] is ex.plan and calls["args"][1] == ex.inputs
     assert "fused" in text(ex.profile_html)
     assert ex.figures["profile"].data
+
+
+def test_profile_tab_controls_drive_the_profile(ex, monkeypatch):
+    """The button profiles with the tab's steps, variants and executor (a fake profiler records them)."""
+    calls = {}
+
+    class Result:
+        def table(self):
+            return "variant  median ms\neager    1.0"
+
+        def figure(self):
+            import plotly.graph_objects as go
+
+            return go.Figure(go.Bar(x=["eager"], y=[1.0]))
+
+    def profile(model, inputs, plan=None, steps=20, warmup=5, compare=("eager",), executor="auto"):
+        calls.update(steps=steps, warmup=warmup, compare=compare, executor=executor)
+        return Result()
+
+    fake = types.ModuleType("fusionlab.profiler")
+    fake.profile = profile
+    monkeypatch.setitem(sys.modules, "fusionlab.profiler", fake)
+    monkeypatch.setattr(_explorer, "has_profiler", lambda: True)
+    assert ex.profile_button is not None  # the real profiler is installed here
+    ex.profile_steps.value = 8
+    ex.profile_variants["inductor"].value = True
+    ex.profile_variants["unfused"].value = False
+    ex.profile_executor.value = "inductor-groups"
+    ex.profile_button.click()
+    assert calls, ex.profile_html.value
+    assert calls == {"steps": 8, "warmup": 2, "compare": ("eager", "fusionlab", "inductor"),
+                     "executor": "inductor-groups"}
+    assert ex.figures["profile"].data

@@ -155,10 +155,23 @@ class Explorer:
         if has_profiler():
             self.profile_button = w.Button(description="profile fused vs unfused (measured)",
                                            icon="tachometer", layout=w.Layout(width="300px"))
-            self.profile_button.on_click(lambda _b: self.profile())
+            self.profile_button.on_click(lambda _b: self.profile(**self.profile_options()))
+            self.profile_steps = w.IntSlider(value=10, min=1, max=200, description="steps",
+                                             layout=w.Layout(width="320px"))
+            self.profile_variants = {
+                name: w.Checkbox(value=name in ("eager", "unfused", "fusionlab"), description=name,
+                                 indent=False, layout=w.Layout(width="95px"))
+                for name in ("eager", "unfused", "fusionlab", "inductor")
+            }
+            self.profile_executor = w.Dropdown(
+                options=["auto", "inductor", "inductor-groups", "triton"], value="auto",
+                description="executor", layout=w.Layout(width="260px"),
+                tooltip="auto: Triton on a GPU; on CPU Inductor, fusing only inside your groups")
             self.profile_html.value = _html.message(
-                "Runs training steps with and without the plan and measures them on this machine.")
-            profile_tab = w.VBox([self.profile_button, self.profile_html, self.profile_output])
+                "Runs training steps with and without the plan and measures them on this machine. "
+                "unfused: the same executor with nothing selected; inductor: plain torch.compile.")
+            controls = w.HBox([self.profile_steps, *self.profile_variants.values(), self.profile_executor])
+            profile_tab = w.VBox([controls, self.profile_button, self.profile_html, self.profile_output])
         else:
             self.profile_button = None
             self.profile_html.value = _html.message(
@@ -362,8 +375,19 @@ class Explorer:
 
     # ------------------------------------------------------------------ profile
 
+    def profile_options(self) -> dict:
+        """What the profile tab's controls say: steps, warm-up, variants, executor."""
+        if self.profile_button is None:
+            return {}
+        steps = int(self.profile_steps.value)
+        compare = tuple(n for n, box in self.profile_variants.items() if box.value) or ("eager", "fusionlab")
+        return {"steps": steps, "warmup": max(1, min(5, steps // 4)), "compare": compare,
+                "executor": self.profile_executor.value}
+
     def profile(self, **options):
-        """``fusionlab.profile(model, inputs, plan=plan, **options)``; shows its table and figure."""
+        """``fusionlab.profile(model, inputs, plan=plan, **options)``; shows its table and figure.
+
+        The profile tab's button passes :meth:`profile_options` (its controls)."""
         if not has_profiler():
             self.profile_html.value = _html.message("fusionlab.profiler is not installed", "error")
             return None
@@ -407,6 +431,8 @@ def _call_profile(profile, model, inputs, plan, loss_fn, options=None):
     """Call fusionlab.profile whether it takes ``inputs`` as one tuple or as ``*inputs``."""
     params = inspect.signature(profile).parameters
     kwargs = {"plan": plan, **(options or {})}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}  # a profiler without these options
     if "loss_fn" in params and loss_fn is not None:
         kwargs["loss_fn"] = loss_fn
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
