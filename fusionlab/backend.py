@@ -52,17 +52,19 @@ class BackendReport:
         where = _env.executor_name() if self.executor == "triton" else self.executor
         lines = [f"fusionlab backend: {len(self.used)} kernels in use, {len(self.failed)} left unfused "
                  f"(executor: {where})"]
-        lines += ["  " + str(k) + self._loops_text(k.candidate) for k in self.kernels]
+        lines += ["  " + str(k) + (f" [{self.loops_text(k.candidate)}]" if k.candidate in self.loops else "")
+                  for k in self.kernels]
         lines += [f"  {u}" for u in self.unmatched + self.fallbacks]
         return "\n".join(lines)
 
     __repr__ = __str__
 
-    def _loops_text(self, cid: str) -> str:
+    def loops_text(self, cid: str) -> str:
+        """"2 loop nests in cpp_fused_..." for a group a whole-graph executor compiled ("" if none)."""
         if cid not in self.loops:
             return ""
         n, fns = len(self.loops[cid]), sorted({f for f in self.loops[cid] if f})
-        return f" [{n} loop nest{'s' if n != 1 else ''}" + (f" in {', '.join(fns)}]" if fns else "]")
+        return f"{n} loop nest{'s' if n != 1 else ''}" + (f" in {', '.join(fns)}" if fns else "")
 
 
 def candidate_key(c: Candidate) -> tuple:

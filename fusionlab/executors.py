@@ -372,26 +372,23 @@ def _origins(snode) -> set:
     return out
 
 
-class _OnlyInsideGroups:
+def _only_inside_groups(group_of: dict[str, str], compute: set[str]):
     """An InductorChoices that lets the scheduler fuse two nodes only when every op both
     compute belongs to the same fusionlab group (and then always: the user asked for it)."""
+    from torch._inductor.choices import InductorChoices
 
-    def __new__(cls, group_of: dict[str, str], compute: set[str]):
-        from torch._inductor.choices import InductorChoices
+    class OnlyInsideGroups(InductorChoices):
+        def _same_group(self, node1, node2) -> bool:
+            groups = {group_of.get(o.name) for o in _origins(node1) | _origins(node2) if o.name in compute}
+            return len(groups) == 1 and None not in groups
 
-        class Choices(InductorChoices):
-            def _same_group(self, node1, node2) -> bool:
-                groups = {group_of.get(o.name) for o in _origins(node1) | _origins(node2)
-                          if o.name in compute}
-                return len(groups) == 1 and None not in groups
+        def can_fuse(self, scheduler, node1, node2, shared_data_score):
+            return self._same_group(node1, node2)
 
-            def can_fuse(self, scheduler, node1, node2, shared_data_score):
-                return self._same_group(node1, node2)
+        def can_fuse_horizontal(self, scheduler, node1, node2, shared_data_score):
+            return self._same_group(node1, node2)
 
-            def can_fuse_horizontal(self, scheduler, node1, node2, shared_data_score):
-                return self._same_group(node1, node2)
-
-        return Choices()
+    return OnlyInsideGroups()
 
 
 def _effective_users(node: torch.fx.Node, kinds: dict[str, str]) -> list[torch.fx.Node]:
@@ -547,7 +544,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
                                               pattern_matcher=False, combo_kernels=False, fallback_random=True,
                                               max_fusion_size=1 << 20, _post_fusion_custom_pass=record,
                                               **{"cpp.enable_kernel_profile": True}))
-            stack.enter_context(V.set_choices_handler(_OnlyInsideGroups(group_of, compute)))
+            stack.enter_context(V.set_choices_handler(_only_inside_groups(group_of, compute)))
             compiled = compile_fx_inner(gm, example_inputs)
         seconds = time.perf_counter() - start
 

@@ -268,7 +268,7 @@ class KernelTable:
 
     @classmethod
     def from_plan(cls, plan, result=None) -> KernelTable:
-        statuses, loops = {}, {}
+        statuses, report = {}, None
         executor = "not built yet (profile the plan, or plan.kernels())"
         if result is not None:
             try:
@@ -277,7 +277,7 @@ class KernelTable:
                 v = None
             if v is not None and v.report is not None and result.plan is plan:
                 statuses = {s.candidate: s for s in v.report.kernels}
-                loops = getattr(v.report, "loops", {})
+                report = v.report
                 executor = v.executor
         rows = []
         for c in plan.selected:
@@ -289,11 +289,9 @@ class KernelTable:
                 chk = s.check
                 detail = (f"max abs err {chk.max_abs:.2g}, max rel err {chk.max_rel:.2g}" if chk is not None
                           and not chk.error else "")
-                if c.id in loops:  # how Inductor compiled it inside the whole step
-                    fns = sorted({f for f in loops[c.id] if f})
-                    n = len(loops[c.id])
-                    detail += (f"; {n} loop nest{'s' if n != 1 else ''}"
-                               + (f" in {', '.join(fns)}" if fns else ""))
+                loops = report.loops_text(c.id)  # statuses come from this report
+                if loops:  # how Inductor compiled it inside the whole step
+                    detail += f"; {loops}"
             else:
                 status, detail = "NOT fused", s.reason
             rows.append((c.id, c.pattern, len(c.nodes), status, detail))

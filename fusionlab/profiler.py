@@ -483,6 +483,9 @@ def profile(
             if loss_fn is None:
                 loss_fn = plan.capture.meta.get("loss_fn")
 
+        # one executor for the fusionlab variant; "unfused" runs the same kind with nothing selected
+        fl_executor, fl_executor_name = (_resolve_executor(executor, dev) if {"fusionlab", "unfused"} & set(compare)
+                                         else (None, ""))
         variants: list[_Variant] = []
         for name in compare:
             m = copy.deepcopy(model)
@@ -499,21 +502,19 @@ def profile(
             elif v.name == "fusionlab":
                 from .backend import make_backend
 
-                ex, ex_name = _resolve_executor(executor, dev)
-                v.executor = ex
-                v.backend = make_backend(plan, executor=ex)
+                v.executor = fl_executor
+                v.backend = make_backend(plan, executor=fl_executor)
                 v.fn = torch.compile(step, backend=v.backend, dynamic=False)
-                v.result.executor = ex_name
+                v.result.executor = fl_executor_name
                 v.result.report = v.backend.report
             elif v.name == "unfused":
                 from .backend import make_backend
                 from .plan import FusionPlan
 
-                ex, _ = _resolve_executor(executor, dev)
-                if isinstance(ex, InductorGraphExecutor):
+                if isinstance(fl_executor, InductorGraphExecutor):
                     # the fusionlab variant's executor with nothing selected: the two differ
                     # only by the fusions the user picked
-                    same = InductorGraphExecutor(eager_outside_groups=ex.eager_outside_groups)
+                    same = InductorGraphExecutor(eager_outside_groups=fl_executor.eager_outside_groups)
                     v.executor = same
                     v.backend = make_backend(FusionPlan(plan.capture, plan.candidates), executor=same)
                     v.result.executor = "inductor-cpp (nothing fused)"
