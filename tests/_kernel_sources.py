@@ -4,6 +4,29 @@ They are written the way fusionlab generates kernels (a ``@triton.jit`` kernel a
 ``launch_*`` function in one importable module), small enough to read in a test failure.
 """
 
+ADD_RELU = """\
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def fused_add_relu_0(in_a, in_b, out_y, xnumel, XBLOCK: tl.constexpr):
+    xindex = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+    xmask = xindex < xnumel
+    a = tl.load(in_a + xindex, mask=xmask, other=0.0)
+    b = tl.load(in_b + xindex, mask=xmask, other=0.0)
+    y = tl.maximum(a + b, 0.0)                       # aten.add.Tensor + aten.relu.default
+    tl.store(out_y + xindex, y, mask=xmask)
+
+
+def launch_fused_add_relu_0(a, b, XBLOCK=1024, num_warps=4):
+    y = torch.empty_like(a)
+    n = a.numel()
+    fused_add_relu_0[(triton.cdiv(n, XBLOCK),)](a, b, y, n, XBLOCK=XBLOCK, num_warps=num_warps)
+    return y
+"""
+
 BIAS_GELU = """\
 import torch
 import triton

@@ -9,33 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from _kernel_sources import ADD_RELU as POINTWISE
 
 from fusionlab.build import cache
 from fusionlab.build.inspect import inspect_many, inspect_source
 from fusionlab.codegen.source import KernelSource
-
-POINTWISE = """\
-import torch
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def fused_add_relu_0(in_a, in_b, out_y, xnumel, XBLOCK: tl.constexpr):
-    xindex = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
-    xmask = xindex < xnumel
-    a = tl.load(in_a + xindex, mask=xmask, other=0.0)
-    b = tl.load(in_b + xindex, mask=xmask, other=0.0)
-    y = tl.maximum(a + b, 0.0)                       # aten.add.Tensor + aten.relu.default
-    tl.store(out_y + xindex, y, mask=xmask)
-
-
-def launch_fused_add_relu_0(a, b, XBLOCK=1024, num_warps=4):
-    y = torch.empty_like(a)
-    n = a.numel()
-    fused_add_relu_0[(triton.cdiv(n, XBLOCK),)](a, b, y, n, XBLOCK=XBLOCK, num_warps=num_warps)
-    return y
-"""
 
 
 def add_relu(xblock: int = 1024) -> KernelSource:

@@ -193,7 +193,8 @@ def test_fused_step_with_a_size1_last_dim():
         torch.testing.assert_close(a, b)
 
 
-def test_launcher_still_refuses_a_wrong_shape():
+def _mul_exp_kernel():
+    """exp(x * w) for a contiguous (4, 8) x, built and checked: (trace, candidate, kernel)."""
     from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
 
@@ -203,20 +204,17 @@ def test_launcher_still_refuses_a_wrong_shape():
     (c,), _ = graph_candidates(tr.fw)
     k, status = build_kernel(c, tr.fw, validate=True, seed=0)
     assert k is not None, status
+    return tr, c, k
+
+
+def test_launcher_still_refuses_a_wrong_shape():
+    _, _, k = _mul_exp_kernel()
     with pytest.raises(ValueError, match="generated for shape"):
         k(torch.randn(8, 4), torch.randn(8))
 
 
 def test_launcher_reads_an_input_laid_out_differently():
-    from fusionlab.build.kernel import build_kernel
-    from fusionlab.candidates import graph_candidates
-
-    tr = fuzz.trace_program(fuzz.Program(
-        torch.float32, [fuzz.InputSpec((4, 8), "contiguous", "none", False)], [(8,)],
-        [fuzz.Op("param", (), {"j": 0}), fuzz.Op("mul", (0, 1)), fuzz.Op("exp", (2,))], [3], 0))
-    (c,), _ = graph_candidates(tr.fw)
-    k, status = build_kernel(c, tr.fw, validate=True, seed=0)
-    assert k is not None, status
+    tr, c, k = _mul_exp_kernel()
     x = torch.randn(8, 4).t()  # shape (4, 8), strides (1, 4): traced contiguous
     w = torch.randn(8)
     ins = [x if tr.fw.nodes[n].shape == (4, 8) else w for n in c.inputs]

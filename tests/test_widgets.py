@@ -135,28 +135,35 @@ def test_display_protocols(ex):
     assert "MLPClassifier" in repr(ex)
 
 
-def test_profile_pane_uses_profiler_when_present(ex, monkeypatch):
-    calls = {}
+class _FakeResult:
+    """What the explorer needs of a ProfileResult: a table and a figure."""
 
-    class Result:
-        def table(self):
-            return "step  unfused  fused\ncpu   1.0 ms   0.5 ms"
+    def table(self):
+        return "step  unfused  fused\ncpu   1.0 ms   0.5 ms"
 
-        def figure(self):
-            import plotly.graph_objects as go
+    def figure(self):
+        import plotly.graph_objects as go
 
-            return go.Figure(go.Bar(x=["unfused", "fused"], y=[1.0, 0.5]))
+        return go.Figure(go.Bar(x=["unfused", "fused"], y=[1.0, 0.5]))
 
-    def profile(model, inputs, plan=None):
-        calls["args"] = (model, inputs, plan)
-        return Result()
 
+def _install_fake_profiler(monkeypatch, profile) -> None:
     fake = types.ModuleType("fusionlab.profiler")
     fake.profile = profile
     monkeypatch.setitem(sys.modules, "fusionlab.profiler", fake)
     monkeypatch.setattr(_explorer, "has_profiler", lambda: True)
+
+
+def test_profile_pane_uses_profiler_when_present(ex, monkeypatch):
+    calls = {}
+
+    def profile(model, inputs, plan=None):
+        calls["args"] = (model, inputs, plan)
+        return _FakeResult()
+
+    _install_fake_profiler(monkeypatch, profile)
     result = ex.profile()
-    assert isinstance(result, Result)
+    assert isinstance(result, _FakeResult)
     assert calls["args"][2] is ex.plan and calls["args"][1] == ex.inputs
     assert "fused" in text(ex.profile_html)
     assert ex.figures["profile"].data
@@ -166,23 +173,11 @@ def test_profile_tab_controls_drive_the_profile(ex, monkeypatch):
     """The button profiles with the tab's steps, variants and executor (a fake profiler records them)."""
     calls = {}
 
-    class Result:
-        def table(self):
-            return "variant  median ms\neager    1.0"
-
-        def figure(self):
-            import plotly.graph_objects as go
-
-            return go.Figure(go.Bar(x=["eager"], y=[1.0]))
-
     def profile(model, inputs, plan=None, steps=20, warmup=5, compare=("eager",), executor="auto"):
         calls.update(steps=steps, warmup=warmup, compare=compare, executor=executor)
-        return Result()
+        return _FakeResult()
 
-    fake = types.ModuleType("fusionlab.profiler")
-    fake.profile = profile
-    monkeypatch.setitem(sys.modules, "fusionlab.profiler", fake)
-    monkeypatch.setattr(_explorer, "has_profiler", lambda: True)
+    _install_fake_profiler(monkeypatch, profile)
     assert ex.profile_button is not None  # the real profiler is installed here
     ex.profile_steps.value = 8
     ex.profile_variants["inductor"].value = True
