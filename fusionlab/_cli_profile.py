@@ -11,6 +11,8 @@ import argparse
 
 
 def add_profile_parser(subparsers) -> argparse.ArgumentParser:
+    from .profiler import EXECUTORS
+
     p = subparsers.add_parser(
         "profile",
         help="time training steps of a zoo model: eager vs fused plan vs torch.compile (+ modeled GPU)",
@@ -27,7 +29,7 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adamw", help="adamw, adam, sgd or none")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the zoo model's)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--executor", default="auto", choices=["auto", "inductor", "inductor-groups", "triton"],
+    p.add_argument("--executor", default="auto", choices=EXECUTORS,
                    help="what runs the fusionlab variant: auto (Triton on a GPU, inductor on CPU), "
                         "inductor (whole graphs, Inductor fusing only inside the groups), "
                         "inductor-groups (each group compiled alone, called from Python), "

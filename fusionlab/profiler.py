@@ -446,7 +446,8 @@ def profile(
     variant. ``executor`` for the fusionlab variant: "auto" (Triton kernels on a GPU,
     "inductor" on CPU), "triton", "inductor" (whole graphs compiled by Inductor, fusing
     only inside the selected groups), "inductor-groups" (each group compiled alone and
-    called from the FX graph's Python code) or a callable (see :mod:`fusionlab.executors`). ``trace``: True or a path: export a Chrome trace of one
+    called from the FX graph's Python code) or a callable (see :mod:`fusionlab.executors`).
+    ``trace``: True or a path: export a Chrome trace of one
     profiled step of each variant. The model itself is never changed.
     """
     if not isinstance(model, torch.nn.Module):

@@ -163,8 +163,10 @@ class Explorer:
                                  indent=False, layout=w.Layout(width="95px"))
                 for name in ("eager", "unfused", "fusionlab", "inductor")
             }
+            from ..profiler import EXECUTORS
+
             self.profile_executor = w.Dropdown(
-                options=["auto", "inductor", "inductor-groups", "triton"], value="auto",
+                options=list(EXECUTORS), value="auto",
                 description="executor", layout=w.Layout(width="260px"),
                 tooltip="auto: Triton on a GPU; on CPU Inductor, fusing only inside your groups")
             self.profile_html.value = _html.message(
