@@ -17,7 +17,7 @@ eager's: a var over one inf element is NaN in eager, 0 in Inductor), and refused
 unfused, ``KernelStatus.used == False`` with the reason) on any mismatch.
 
 :class:`InductorGraphExecutor` (what ``profile`` uses on CPU) builds and checks each group
-the same way, then also implements ``compile_graph(kind, gm, example_inputs, groups)``:
+the same way, then also implements ``compile_graph(kind, gm, example_inputs, groups, refused=...)``:
 the backend hands it the whole forward or backward graph, which Inductor compiles in one
 piece under a fusion policy (an op's value is stored unless every reader is in its group;
 the scheduler merges loop nests only inside one group). The step then runs Inductor's
@@ -252,21 +252,21 @@ class InductorGroupExecutor:
         start = time.perf_counter()
         try:
             ok = True
-            floats = any(m[3].is_floating_point for m in metas)
-            for trial in range(max(1, self.trials) + floats):
-                if trial == 0:
-                    ins = first
-                elif trial < max(1, self.trials):
-                    ins = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
-                else:  # NaN and +-inf where eager's rules for them may differ from Inductor's
-                    ins = [special_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
+            # random inputs (`first`, then fresh ones), and once more NaN and +-inf, where
+            # eager's rules for them may differ from Inductor's
+            schedule = [(first, False)] + [(None, False)] * (max(1, self.trials) - 1)
+            if any(m[3].is_floating_point for m in metas):
+                schedule.append((None, True))
+            for ins, specials in schedule:
+                if ins is None:
+                    make = special_tensor if specials else random_tensor
+                    ins = [make(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
                 # the same tensors (strides included: a clone of an expanded input is dense);
                 # groups hold no in-place ops, so neither run changes them
                 expected = sub(*ins)
                 got = group(*ins)
                 if len(got) != len(expected):
                     raise RuntimeError(f"{len(got)} outputs, eager gives {len(expected)}")
-                specials = trial >= max(1, self.trials)
                 oracle = None
                 for i, (g, e) in enumerate(zip(got, expected)):
                     good, abs_err, rel_err = (_compare_blowups if specials else compare)(g, e)
@@ -275,8 +275,11 @@ class InductorGroupExecutor:
                         # keeps fp16/bf16 values in fp32 between ops, eager rounds after each);
                         # with NaN/inf inputs, on the elements that stay finite
                         oracle = oracle if oracle is not None else _float64_reference(sub, ins)
-                        fin = torch.isfinite(e) if specials else torch.ones_like(e, dtype=torch.bool)
-                        good = oracle is not None and no_less_accurate(g[fin], e[fin], oracle[i][fin])
+                        o = oracle[i] if oracle is not None else None
+                        if specials and o is not None:
+                            fin = torch.isfinite(e)
+                            g, e, o = g[fin], e[fin], o[fin]
+                        good = o is not None and no_less_accurate(g, e, o)
                     if abs_err > res.max_abs or not good:
                         res.worst_output = f"output {i}"
                         if specials:
