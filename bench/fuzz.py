@@ -905,8 +905,8 @@ def view_of(spec: InputSpec, base: torch.Tensor) -> torch.Tensor:
 
 def check_codegen(prog: Program, seed: int = 0, traced: Traced | None = None) -> CaseResult:
     """Every candidate of the forward and backward graphs: built, checked, re-checked on real values."""
-    from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
+    from fusionlab.kernels.kernel import build_kernel
 
     start = time.perf_counter()
     res = CaseResult("codegen")

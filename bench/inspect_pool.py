@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fusionlab.build.inspect import inspect_many  # noqa: E402
-from fusionlab.build.workers import WorkerPool  # noqa: E402
+from fusionlab.inspect.compile import inspect_many  # noqa: E402
+from fusionlab.inspect.workers import WorkerPool  # noqa: E402
 
 
 def plan_sources(model: str = "gpt2-tiny"):

@@ -12,9 +12,9 @@ UI layers (widgets, plots, the ``%fusionlab`` magic) sit on top and are imported
 """
 
 from . import _env  # noqa: F401  (decides the Triton interpreter before triton is imported)
-from .build import Kernel
 from .candidates import Candidate, Candidates, find_candidates
 from .capture import Capture, CaptureError, capture
+from .kernels import Kernel
 from .plan import FusionPlan, PlanError
 
 __all__ = [

@@ -44,7 +44,7 @@ def _demo(args) -> int:
 
 
 def _cache(args) -> int:
-    from fusionlab.build.cache import main as cache_main
+    from fusionlab.cache import main as cache_main
 
     return cache_main(args.rest)
 

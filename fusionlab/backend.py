@@ -23,9 +23,9 @@ import torch
 import torch.fx
 
 from . import _env
-from .build.kernel import KernelStatus, build_kernel
 from .candidates import Candidate, graph_candidates
 from .capture import CapturedGraph, _TrainStep, aten_backend, fresh_entry, node_facts
+from .kernels.kernel import KernelStatus, build_kernel
 
 
 @dataclass

@@ -35,17 +35,18 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from .build.kernel import (
-    CheckResult,
-    KernelStatus,
-    _float64_reference,
-    compare,
-    extract_subgraph,
-    no_less_accurate,
-    random_tensor,
-)
 from .candidates import Candidate
 from .capture import CapturedGraph
+from .check import (
+    CheckResult,
+    compare,
+    compare_blowups,
+    float64_reference,
+    no_less_accurate,
+    random_tensor,
+    special_tensor,
+)
+from .kernels.kernel import KernelStatus, extract_subgraph
 
 # kernel calls in Inductor's generated ``call`` function
 _CALL_LINE = re.compile(
@@ -269,12 +270,12 @@ class InductorGroupExecutor:
                     raise RuntimeError(f"{len(got)} outputs, eager gives {len(expected)}")
                 oracle = None
                 for i, (g, e) in enumerate(zip(got, expected)):
-                    good, abs_err, rel_err = (_compare_blowups if specials else compare)(g, e)
+                    good, abs_err, rel_err = (compare_blowups if specials else compare)(g, e)
                     if not good and abs_err == abs_err and isinstance(e, torch.Tensor) and e.is_floating_point():
                         # as Kernel.check: no further from a float64 run than eager is (Inductor
                         # keeps fp16/bf16 values in fp32 between ops, eager rounds after each);
                         # with NaN/inf inputs, on the elements that stay finite
-                        oracle = oracle if oracle is not None else _float64_reference(sub, ins)
+                        oracle = oracle if oracle is not None else float64_reference(sub, ins)
                         o = oracle[i] if oracle is not None else None
                         if specials and o is not None:
                             fin = torch.isfinite(e)
@@ -294,30 +295,6 @@ class InductorGroupExecutor:
             res.error = f"{type(e).__name__}: {msg}"
         res.seconds = time.perf_counter() - start
         return res
-
-
-def _compare_blowups(got: torch.Tensor, expected: torch.Tensor):
-    """`compare` for inputs holding NaN/inf: the same elements must blow up (NaN and +-inf
-    count alike: eager's var_mean turns a row with an inf into NaN where a two-pass mean
-    gives inf), and the finite ones must match."""
-    if not (isinstance(got, torch.Tensor) and got.is_floating_point()) or got.shape != expected.shape:
-        return compare(got, expected)
-    finite = torch.isfinite(expected)
-    if not torch.equal(torch.isfinite(got), finite):
-        return False, float("nan"), float("nan")
-    return compare(got[finite], expected[finite])
-
-
-def special_tensor(shape, stride, dtype, device, gen) -> torch.Tensor:
-    """`random_tensor` with NaN, +inf and -inf written into its storage (floating dtypes)."""
-    x = random_tensor(shape, stride, dtype, device, gen)
-    if not dtype.is_floating_point or x.numel() == 0:
-        return x
-    flat = x.as_strided((x.untyped_storage().nbytes() // x.element_size(),), (1,), 0)
-    n = flat.numel()
-    for value, at in ((float("inf"), 0), (float("nan"), n // 2), (float("-inf"), n - 1)):
-        flat[at] = value
-    return x
 
 
 def clear_cache() -> None:

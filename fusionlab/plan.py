@@ -249,7 +249,7 @@ class FusionPlan:
 
     def kernels(self, **options):
         """Generate (and cache) the Kernel of every selected candidate."""
-        from .build import kernels_for_plan
+        from .kernels import kernels_for_plan
 
         return kernels_for_plan(self, **options)
 
@@ -267,7 +267,7 @@ class FusionPlan:
 
     def export(self, directory, **options):
         """Write every selected kernel as a standalone importable module into `directory`."""
-        from .build import export_plan
+        from .kernels import export_plan
 
         return export_plan(self, directory, **options)
 

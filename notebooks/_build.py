@@ -208,7 +208,7 @@ with the kernel written by fusionlab instead of by hand.
 import torch
 
 import fusionlab  # first: it switches Triton to the interpreter when there is no GPU
-from fusionlab.build import Kernel, extract_subgraph
+from fusionlab.kernels import Kernel, extract_subgraph
 from fusionlab.codegen import generate
 """),
     md("""

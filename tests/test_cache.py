@@ -1,4 +1,4 @@
-"""Tests for fusionlab.build.cache: the content-addressed, checksummed, atomic disk cache."""
+"""Tests for fusionlab.cache: the content-addressed, checksummed, atomic disk cache."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from _kernel_sources import ADD_RELU as POINTWISE
 
-from fusionlab.build import cache
-from fusionlab.build.inspect import inspect_many, inspect_source
 from fusionlab.codegen.source import KernelSource
+from fusionlab.inspect.compile import inspect_many, inspect_source
+from fusionlab import cache
 
 
 def add_relu(xblock: int = 1024) -> KernelSource:

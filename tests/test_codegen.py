@@ -17,11 +17,11 @@ from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import fusionlab  # noqa: F401  (interpreter set-up before triton)
-from fusionlab.build.kernel import Kernel, build_kernel, extract_subgraph
 from fusionlab.candidates import graph_candidates
 from fusionlab.capture import CapturedGraph, node_facts
 from fusionlab.codegen import generate
 from fusionlab.codegen.domain import make_layout
+from fusionlab.kernels.kernel import Kernel, build_kernel, extract_subgraph
 
 GOLDEN = Path(__file__).parent / "golden"
 SIZES = [1, 2, 3, 5, 7, 13, 33]
@@ -270,7 +270,7 @@ def test_kernels_run_when_triton_was_imported_before_fusionlab():
         "import fusionlab, torch\n"
         "from fusionlab.candidates import graph_candidates\n"
         "from fusionlab.capture import CapturedGraph, node_facts\n"
-        "from fusionlab.build.kernel import build_kernel\n"
+        "from fusionlab.kernels.kernel import build_kernel\n"
         "from torch.fx.experimental.proxy_tensor import make_fx\n"
         "from torch._inductor.decomposition import select_decomp_table\n"
         "gm = make_fx(lambda x: torch.softmax(x, -1), decomposition_table=select_decomp_table())(torch.randn(3, 9))\n"

@@ -1,4 +1,4 @@
-"""Tests for fusionlab.build.export: standalone kernel modules that run with torch + triton only."""
+"""Tests for fusionlab.kernels.export: standalone kernel modules that run with torch + triton only."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from _kernel_sources import BIAS_GELU as GELU
 from _kernel_sources import SOFTMAX_LOOPED as SOFTMAX
 
-from fusionlab.build.export import export_kernels, kernel_docstring, save_kernel
 from fusionlab.codegen.source import KernelSource
+from fusionlab.kernels.export import export_kernels, kernel_docstring, save_kernel
 
 
 def gelu_ks(**kw) -> KernelSource:

@@ -118,7 +118,7 @@ def test_exported_kernels_run_without_fusionlab(exported):
 
 
 def test_kernels_that_failed_their_check_are_not_exported(exported, tmp_path):
-    from fusionlab.build import CheckResult, Kernel, KernelSet
+    from fusionlab.kernels import CheckResult, Kernel, KernelSet
 
     _, _, kernels = exported
     bad = Kernel(kernels[1].source, kernels[1].subgraph)

@@ -195,8 +195,8 @@ def test_fused_step_with_a_size1_last_dim():
 
 def _mul_exp_kernel():
     """exp(x * w) for a contiguous (4, 8) x, built and checked: (trace, candidate, kernel)."""
-    from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
+    from fusionlab.kernels.kernel import build_kernel
 
     tr = fuzz.trace_program(fuzz.Program(
         torch.float32, [fuzz.InputSpec((4, 8), "contiguous", "none", False)], [(8,)],
@@ -245,7 +245,7 @@ def test_abs_backward_with_nan_matches_eager():
 def test_bf16_group_with_fp32_output_is_used():
     """Found by the fuzzer: a bf16 group ending in an fp32 upcast was held to the fp32
     tolerance and refused (fixed since by kernel.py's float64 oracle)."""
-    from fusionlab.build.kernel import build_kernel
+    from fusionlab.kernels.kernel import build_kernel
 
     class M(nn.Module):
         def __init__(self):
@@ -269,9 +269,9 @@ def test_helpers_are_accurate_near_zero(fn):
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
     from fusionlab.capture import CapturedGraph, node_facts
+    from fusionlab.kernels.kernel import build_kernel
 
     f = {"tanh": torch.tanh, "expm1": torch.expm1, "log1p": torch.log1p}[fn]
     x = torch.cat([torch.logspace(-7, 0, 32), -torch.logspace(-7, -0.5, 32)]).reshape(4, 16)
@@ -330,8 +330,8 @@ STILL_OPEN: set[str] = set()  # every refusal found so far is fixed; add new one
     for name, (_, why) in REFUSED.items()
 ])
 def test_codegen_refusals_found_by_fuzzing(case):
-    from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
+    from fusionlab.kernels.kernel import build_kernel
 
     (fn, *inputs), _ = REFUSED[case]
     graph = _trace(fn, *inputs)
@@ -370,8 +370,8 @@ def test_select_all_never_fails():
 
 
 def _built(fn, *inputs):
-    from fusionlab.build.kernel import build_kernel
     from fusionlab.candidates import graph_candidates
+    from fusionlab.kernels.kernel import build_kernel
 
     graph = _trace(fn, *inputs)
     (cand,), _ = graph_candidates(graph)

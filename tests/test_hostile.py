@@ -392,7 +392,7 @@ def test_fused_step_still_works_after_bad_calls(fused_small):
 
 
 def test_garbled_kernel_module_file_is_rewritten(tmp_path, monkeypatch):
-    from fusionlab.build.kernel import build_kernel, load_module
+    from fusionlab.kernels.kernel import build_kernel, load_module
 
     monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
 
@@ -416,7 +416,7 @@ def test_garbled_kernel_module_file_is_rewritten(tmp_path, monkeypatch):
 
 
 def test_unwritable_cache_dir_falls_back(tmp_path, monkeypatch):
-    from fusionlab.build.kernel import build_kernel
+    from fusionlab.kernels.kernel import build_kernel
 
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("a file where the cache directory should be")

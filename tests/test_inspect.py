@@ -1,4 +1,4 @@
-"""Tests for fusionlab.build.inspect: real compiles for GPU targets, with no GPU.
+"""Tests for fusionlab.inspect.compile: real compiles for GPU targets, with no GPU.
 
 The kernels are hand-written module texts of the shape codegen produces: a pointwise
 kernel, a one-row-per-program reduction and a looped reduction.
@@ -11,8 +11,8 @@ from _kernel_sources import BIAS_GELU as POINTWISE
 from _kernel_sources import RMSNORM as REDUCTION
 from _kernel_sources import SOFTMAX_LOOPED as LOOPED
 
-from fusionlab.build import workers
-from fusionlab.build.inspect import (
+from fusionlab.codegen.source import KernelSource
+from fusionlab.inspect.compile import (
     CompileReport,
     annotate_sass,
     inspect_many,
@@ -20,7 +20,7 @@ from fusionlab.build.inspect import (
     model_occupancy,
     resolve_target,
 )
-from fusionlab.codegen.source import KernelSource
+from fusionlab.inspect import workers
 
 PW_SIG = {"in_x": "*fp32", "in_bias": "*fp32", "out_y": "*fp32", "xnumel": "i32"}
 

@@ -18,11 +18,11 @@ import torch
 
 import fusionlab as fl
 from fusionlab import zoo
-from fusionlab.build import Kernel, KernelSet, extract_subgraph
-from fusionlab.build.configs import cached_best_config, candidate_configs
-from fusionlab.build.summary import CompileReports
-from fusionlab.build.workers import WorkerPool
 from fusionlab.codegen import generate
+from fusionlab.inspect.configs import cached_best_config, candidate_configs
+from fusionlab.inspect.summary import CompileReports
+from fusionlab.inspect.workers import WorkerPool
+from fusionlab.kernels import Kernel, KernelSet, extract_subgraph
 
 MODELS = ["mlp", "cnn-bn", "gpt2-block", "llama-block"]
 TARGETS = ["sm_80", "sm_90"]

@@ -12,7 +12,6 @@ import torch
 
 import fusionlab
 from fusionlab import zoo
-from fusionlab.build.kernel import KernelStatus
 from fusionlab.executors import (
     CompiledGroup,
     FusionPolicyError,
@@ -21,6 +20,7 @@ from fusionlab.executors import (
     KernelOrigin,
     count_generated_kernels,
 )
+from fusionlab.kernels.kernel import KernelStatus
 from fusionlab.profiler import ProfileResult, check_numerics, make_plan, profile
 
 

@@ -304,8 +304,8 @@ class Explorer:
     def kernel(self, cid: str):
         """The Kernel of candidate `cid` (generated on first use, not yet checked)."""
         if cid not in self.kernels:
-            from ..build import Kernel, extract_subgraph
             from ..codegen import generate
+            from ..kernels import Kernel, extract_subgraph
 
             cand = self.plan.candidates.by_id(cid)
             graph = self.capture.graph(cand.graph)

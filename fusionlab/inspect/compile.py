@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from fusionlab.codegen.source import KernelSource
 
-from . import cache as _cache
+from .. import cache as _cache
 from .workers import WorkerPool, default_pool, progress_bar, task_env
 
 TARGETS: dict[str, int] = {"sm_80": 80, "sm_89": 89, "sm_90": 90}

@@ -1,6 +1,6 @@
 """A compile worker: real Triton compiles for GPU targets, in a process of its own.
 
-Run as a script (``python .../fusionlab/build/_worker.py``), never imported by fusionlab:
+Run as a script (``python .../fusionlab/inspect/_worker.py``), never imported by fusionlab:
 a process that used the Triton interpreter cannot compile for a GPU target, and
 ``import fusionlab`` switches the interpreter on where there is no GPU. So this file
 imports only the standard library, triton and (to warm it) torch, and removes

@@ -11,6 +11,9 @@ is written to a temporary file in the same directory and moved into place with
 however many processes write at once. A reader checks size and checksum: a truncated or
 garbled entry raises :class:`CacheCorruptError` (and is removed), and the caller rebuilds it.
 
+Generated kernel modules (Triton reads kernel source from files) live beside the entries in
+``<dir>/modules``; ``cache clear`` removes them too.
+
 ``python -m fusionlab cache info|clear`` is :func:`main`.
 """
 
@@ -21,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ SCHEMA = 1  # bump when what an entry holds changes
 SUFFIX = ".entry"
 TMP_PREFIX = ".tmp-"
 NAMESPACES = ("inspect",)
+MODULES = "modules"  # generated kernel modules (fusionlab.kernels.kernel writes them; Triton reads source from files)
 
 
 class CacheCorruptError(Exception):
@@ -192,6 +197,15 @@ def cache_clear() -> int:
                     sub.rmdir()  # only when empty
             with contextlib.suppress(OSError):
                 base.rmdir()
+    modules = root / MODULES
+    if modules.is_dir():
+        for f in modules.glob("*.py"):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed += 1
+        shutil.rmtree(modules / "__pycache__", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            modules.rmdir()
     return removed
 
 

@@ -1,6 +1,6 @@
 """A bounded pool of compile worker processes (see ``_worker.py``).
 
-Each worker is a long-lived ``python .../fusionlab/build/_worker.py`` subprocess that
+Each worker is a long-lived ``python .../fusionlab/inspect/_worker.py`` subprocess that
 starts without ``TRITON_INTERPRET`` (so it can compile for GPU targets even when this
 process runs kernels in the Triton interpreter) and imports triton and torch once.
 Tasks go to it as JSON lines. A task that crashes its worker (segfault, abort) or runs

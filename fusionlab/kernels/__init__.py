@@ -1,4 +1,4 @@
-"""fusionlab.build: compile generated kernels for real GPU targets (no GPU needed), cache and export them.
+"""fusionlab.kernels: compile generated kernels for real GPU targets (no GPU needed), cache and export them.
 
 * ``inspect``: ``inspect_source`` / ``inspect_many`` -> ``CompileReport`` (TTIR, TTGIR, LLVM IR,
   PTX, SASS, registers, spills, shared memory, modeled occupancy);
@@ -29,12 +29,12 @@ class KernelSet(list):
         """Compile every kernel for ``target`` (``"sm_80"``, ``"sm_89"``, ``"sm_90"``, ``"native"``)
         in up to ``workers`` worker processes (or ``pool``), through the disk cache.
 
-        Returns a :class:`~fusionlab.build.summary.CompileReports`: one CompileReport per
+        Returns a :class:`~fusionlab.inspect.summary.CompileReports`: one CompileReport per
         kernel, in order, shown as a table. A kernel that fails to compile (or crashes or hangs
         its worker) gets a failed report with the reason; the others are unaffected.
         """
-        from .inspect import inspect_many
-        from .summary import CompileReports, add_tool_notes
+        from ..inspect.compile import inspect_many
+        from ..inspect.summary import CompileReports, add_tool_notes
 
         reps = inspect_many([k.source for k in self], target, workers=workers, progress=progress,
                             pool=pool, cache=cache, timeout=timeout, options=options)
@@ -44,7 +44,7 @@ class KernelSet(list):
     def inspect_configs(self, target: str = "sm_90", *, workers: int = 2, progress: bool = True, **options):
         """Every kernel's candidate launch configs compiled for ``target`` (one batch):
         ``{kernel name: ConfigTable}`` (see :meth:`Kernel.inspect_configs`)."""
-        from .configs import inspect_configs_many
+        from ..inspect.configs import inspect_configs_many
 
         tables = inspect_configs_many([k.source for k in self], target, workers=workers, progress=progress,
                                       best=[k.best_config for k in self], **options)

@@ -7,7 +7,7 @@ import html
 import os
 
 from ._table import html_table, text_lines
-from .inspect import TARGETS, CompileReport
+from .compile import TARGETS, CompileReport
 
 
 class CompileReports(list):

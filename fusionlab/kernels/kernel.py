@@ -5,17 +5,8 @@ from files) and runs its launcher: with Triton's JIT on CUDA, in the Triton inte
 on CPU (see fusionlab._env). ``Kernel.check()`` runs the kernel and the eager subgraph it
 replaces on the same fresh random inputs, with the captured shapes, dtypes and strides.
 
-Tolerances (per element |fused - eager| <= atol + rtol * |eager|, or <= rtol * max|eager|
-where cancellation left an element tiny next to the rest of its tensor; NaN and inf must
-sit in the same places; integers and booleans must be equal). Where a long reduction
-misses these only because it sums in another order, the kernel passes if its error
-against a float64 run of the same subgraph is at most twice eager's:
-
-    float32   rtol 2e-5, atol 2e-5   reassociated sums differ in the last bits
-    float16   rtol 5e-3, atol 5e-3   fused kernels keep fp32 between ops; eager rounds
-                                     to fp16 after every op (~5 fp16 ulps)
-    bfloat16  rtol 4e-2, atol 4e-2   same, ~5 bf16 ulps (bf16 keeps 8 mantissa bits)
-    integer/bool                     exact
+What "equal to eager" means (the tolerance table, the float64 criterion for long
+reductions) lives in :mod:`fusionlab.check`.
 """
 
 from __future__ import annotations
@@ -33,22 +24,24 @@ import torch
 import torch.fx
 
 from .. import _env
+from ..cache import cache_dir
 from ..candidates import Candidate
 from ..capture import CapturedGraph
+from ..check import (
+    CheckResult,
+    compare,
+    float64_reference,
+    no_less_accurate,
+    random_tensor,
+    real_tensors,
+)
 from ..codegen.source import KernelSource
-
-TOLERANCES = {
-    torch.float32: (2e-5, 2e-5),
-    torch.float16: (5e-3, 5e-3),
-    torch.bfloat16: (4e-2, 4e-2),
-}
 
 
 def _module_dir() -> Path:
-    base = os.environ.get("FUSIONLAB_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fusionlab"
-    )
-    path = Path(base) / "modules"
+    """Where generated modules are written: ``<cache dir>/modules`` (see :mod:`fusionlab.cache`),
+    or a folder under the system temp directory where that is not writable."""
+    path = cache_dir() / "modules"
     try:
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -79,33 +72,6 @@ def load_module(ks: KernelSource):
         sys.modules.pop(modname, None)
         raise
     return mod
-
-
-@dataclass
-class CheckResult:
-    """Outcome of checking one kernel against the eager ops it replaces."""
-
-    kernel: str
-    ok: bool
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    worst_output: str = ""
-    dtype: str = ""
-    shapes: tuple = ()
-    error: str | None = None
-    seconds: float = 0.0
-    executor: str = ""
-
-    def __str__(self) -> str:
-        shapes = ", ".join("x".join(map(str, s)) for s in self.shapes)
-        if self.error:
-            return f"{self.kernel}: FAILED ({self.error}); inputs [{shapes}]"
-        verdict = "ok" if self.ok else "MISMATCH"
-        return (
-            f"{self.kernel}: {verdict}, max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g}"
-            f"{' in ' + self.worst_output if self.worst_output else ''} ({self.dtype}; inputs [{shapes}]; "
-            f"{self.executor})"
-        )
 
 
 class Kernel:
@@ -141,7 +107,7 @@ class Kernel:
             return None
         if self.best_config is None and not getattr(self, "_tuned_lookup_done", False):
             self._tuned_lookup_done = True
-            from .configs import cached_best_config
+            from ..inspect.configs import cached_best_config
 
             try:
                 self.best_config = cached_best_config(self.source, torch.cuda.get_device_name(dev))
@@ -167,7 +133,7 @@ class Kernel:
         self, inputs=None, device: str | torch.device | None = None, seed: int | None = None
     ) -> CheckResult:
         """Run the kernel and the eager subgraph on the same (fresh random) inputs and compare."""
-        with _real_tensors():
+        with real_tensors():
             return self._check(inputs, device, seed)
 
     def _check(self, inputs, device, seed) -> CheckResult:
@@ -198,7 +164,7 @@ class Kernel:
             self.check_result = res
             return res
         names = [n for n, *_ in self.source.meta["outputs"]]
-        oracle = _float64_reference(self.subgraph, inputs)
+        oracle = float64_reference(self.subgraph, inputs)
         ok = True
         for i, (name, e, g) in enumerate(zip(names, expected, got)):
             good, abs_err, rel_err = compare(g, e)
@@ -220,13 +186,13 @@ class Kernel:
                 options: dict | None = None):
         """Compile for a GPU target (in a worker process) and report every stage.
 
-        Returns a :class:`~fusionlab.build.inspect.CompileReport`: TTIR, TTGIR, LLVM IR, PTX
+        Returns a :class:`~fusionlab.inspect.compile.CompileReport`: TTIR, TTGIR, LLVM IR, PTX
         and SASS, registers, spills, shared memory and a modeled occupancy. A kernel that
         fails to compile gets a report with ``ok=False`` and the reason, never an exception.
-        ``pool``: a :class:`~fusionlab.build.workers.WorkerPool` (default: the shared one).
+        ``pool``: a :class:`~fusionlab.inspect.workers.WorkerPool` (default: the shared one).
         """
-        from .inspect import inspect_many
-        from .summary import add_tool_notes
+        from ..inspect.compile import inspect_many
+        from ..inspect.summary import add_tool_notes
 
         rep = inspect_many([self.source], target, workers=1, cache=cache, timeout=timeout,
                            progress=False, options=options, pool=pool)[0]
@@ -238,7 +204,7 @@ class Kernel:
         sizes, num_warps) for ``target``: a table of config -> registers, spills, shared
         memory and modeled occupancy (a list of ``(config, CompileReport)``).
         """
-        from .configs import inspect_configs
+        from ..inspect.configs import inspect_configs
 
         return inspect_configs(self.source, target, workers=workers, best=self.best_config, **options)
 
@@ -246,7 +212,7 @@ class Kernel:
         """On a CUDA GPU: time each candidate config (``triton.testing.do_bench``), keep the
         fastest as ``best_config`` (used by later CUDA launches) and in the disk cache, keyed
         by the kernel digest and the GPU's name. Raises RuntimeError without a GPU."""
-        from .configs import tune
+        from ..inspect.configs import tune
 
         return tune(self, inputs, cache=cache, warmup=warmup, rep=rep)
 
@@ -272,92 +238,6 @@ class Kernel:
         import html
 
         return f"<b>{html.escape(repr(self))}</b><pre>{html.escape(self.source.source)}</pre>"
-
-
-def _real_tensors():
-    """Run on real tensors even when called from inside torch.compile (fake tensor mode)."""
-    import contextlib
-
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(unset_fake_temporarily())
-    stack.enter_context(torch.no_grad())
-    return stack
-
-
-def random_tensor(shape, stride, dtype, device, gen) -> torch.Tensor:
-    """A tensor with exactly `shape` and `stride` (expanded/permuted included), random values."""
-    shape, stride = tuple(shape), tuple(stride)
-    extent = 1 + sum((s - 1) * st for s, st in zip(shape, stride) if s > 0)
-    if dtype == torch.bool:
-        base = torch.rand(extent, generator=gen) > 0.5
-    elif dtype.is_floating_point:
-        base = torch.randn(extent, generator=gen).to(dtype)
-    else:
-        base = torch.randint(0, 8, (extent,), generator=gen).to(dtype)
-    return base.to(device).as_strided(shape, stride)
-
-
-def _float64_reference(subgraph, inputs):
-    """The subgraph run on float64 copies of the floating inputs (None when it cannot run)."""
-    try:
-        up = [x.double() if x.is_floating_point() else x for x in inputs]
-        return [o.double() if isinstance(o, torch.Tensor) else o for o in subgraph(*up)]
-    except Exception:  # noqa: BLE001 - an op without float64 support: no oracle
-        return None
-
-
-def no_less_accurate(got: torch.Tensor, expected: torch.Tensor, oracle: torch.Tensor) -> bool:
-    """Long reductions: the kernel is at least as close to a float64 run as eager is.
-
-    A sum over 16k elements in a different order differs from eager by more than an
-    element-wise tolerance allows, while both are equally far from the exact result.
-    """
-    if not expected.dtype.is_floating_point or got.shape != expected.shape:
-        return False
-    g, e, o = got.double(), expected.double(), oracle.double()
-    inf_e = torch.isinf(e)
-    if (
-        not torch.equal(torch.isnan(g), torch.isnan(e))
-        or not torch.equal(g[inf_e], e[inf_e])
-        or torch.isinf(g[~inf_e]).any()
-    ):
-        return False
-    fin = torch.isfinite(e) & torch.isfinite(o)
-    if not fin.any():
-        return True
-    eager_err = float((e[fin] - o[fin]).abs().max())
-    fused_err = float((g[fin] - o[fin]).abs().max())
-    tiny = torch.finfo(expected.dtype).tiny
-    return fused_err <= 2 * eager_err + tiny
-
-
-def compare(got: torch.Tensor, expected: torch.Tensor) -> tuple[bool, float, float]:
-    """(within tolerance, max abs error, max relative error) for one output."""
-    if got.shape != expected.shape:
-        return False, float("inf"), float("inf")
-    if not expected.dtype.is_floating_point:
-        same = torch.equal(got.to(expected.dtype), expected)
-        return same, 0.0 if same else float("inf"), 0.0 if same else float("inf")
-    rtol, atol = TOLERANCES.get(expected.dtype, (2e-5, 2e-5))
-    g, e = got.double(), expected.double()
-    nan_g, nan_e = torch.isnan(g), torch.isnan(e)
-    if not torch.equal(nan_g, nan_e):
-        return False, float("nan"), float("nan")
-    inf_e = torch.isinf(e)
-    if not torch.equal(g[inf_e], e[inf_e]) or torch.isinf(g[~inf_e]).any():
-        return False, float("inf"), float("inf")
-    finite = ~(nan_e | inf_e)
-    if not finite.any():
-        return True, 0.0, 0.0
-    diff = (g[finite] - e[finite]).abs()
-    max_abs = float(diff.max())
-    max_rel = float((diff / e[finite].abs().clamp_min(1e-30)).max())
-    scale = float(e[finite].abs().max())
-    # element-wise, or against the tensor's scale where cancellation made an element tiny
-    ok = bool(((diff <= atol + rtol * e[finite].abs()) | (diff <= rtol * scale)).all())
-    return ok, max_abs, max_rel
 
 
 @dataclass

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from fusionlab.codegen.source import KernelSource
 
-from . import cache as _cache
+from .. import cache as _cache
 from ._table import html_table, text_lines
-from .inspect import CompileReport, _triton_version, inspect_many
+from .compile import CompileReport, _triton_version, inspect_many
 from .summary import add_tool_notes
 
 
@@ -168,7 +168,7 @@ def inspect_configs(
 ) -> ConfigTable:
     """Compile ``ks`` once per candidate config for ``target``; see :class:`ConfigTable`.
 
-    ``options`` go to :func:`~fusionlab.build.inspect.inspect_many` (``pool``, ``cache``...);
+    ``options`` go to :func:`~fusionlab.inspect.compile.inspect_many` (``pool``, ``cache``...);
     ``best`` marks a tuned config in the table.
     """
     return inspect_configs_many([ks], target, workers=workers, best=[best], **options)[0]
