@@ -23,7 +23,7 @@ FUSIONLAB_DEBUG = int(os.environ.get("FUSIONLAB_DEBUG", "0") or 0)
 MIN_TRITON = (3, 2)
 
 
-def _triton_version() -> str | None:
+def triton_version() -> str | None:
     """The version of the triton that `import triton` would load, without importing it."""
     import importlib.util
     import re
@@ -52,7 +52,7 @@ def _triton_version() -> str | None:
 
 def _check_triton_version() -> None:
     """Fail at import, naming the problem, when triton is missing or too old for fusionlab."""
-    version = _triton_version()
+    version = triton_version()
     if version is None:
         raise ImportError("fusionlab needs triton >= 3.2 (pip install triton); it is not installed")
     if version == "unknown":

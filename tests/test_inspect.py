@@ -12,15 +12,15 @@ from _kernel_sources import RMSNORM as REDUCTION
 from _kernel_sources import SOFTMAX_LOOPED as LOOPED
 
 from fusionlab.codegen.source import KernelSource
-from fusionlab.inspect.compile import (
+from fusionlab.inspect import (
     CompileReport,
-    annotate_sass,
     inspect_many,
     inspect_source,
     model_occupancy,
     resolve_target,
+    workers,
 )
-from fusionlab.inspect import workers
+from fusionlab.inspect.compile import annotate_sass
 
 PW_SIG = {"in_x": "*fp32", "in_bias": "*fp32", "out_y": "*fp32", "xnumel": "i32"}
 

@@ -6,6 +6,9 @@ a process that used the Triton interpreter cannot compile for a GPU target, and
 imports only the standard library, triton and (to warm it) torch, and removes
 ``TRITON_INTERPRET`` from its environment before triton is imported.
 
+One piece: a script that may import nothing of fusionlab has to hold all it runs (the
+protocol loop, the compile, the ptxas/nvdisasm/cuobjdump calls and their parsing).
+
 Protocol (one JSON object per line):
 
 * the worker writes ``{"event": "ready", ...}`` once triton (and torch) are imported;
@@ -157,6 +160,7 @@ def _missing_ptxas_message(arch: int) -> str:
 
 
 def _triton_version() -> str:
+    # not fusionlab._env.triton_version: this script never imports fusionlab (see above)
     import triton
 
     return triton.__version__

@@ -19,265 +19,20 @@ Binaries: ptxas (``ptxas`` below sm_90, ``ptxas-blackwell`` from sm_90 on, in tr
 from __future__ import annotations
 
 import base64
-import html
-import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
 
 from fusionlab.codegen.source import KernelSource
 
+from .. import _env
 from .. import cache as _cache
+from .occupancy import SM_LIMITS, model_occupancy
+from .report import STAGE_ORDER, CompileReport
 from .workers import WorkerPool, default_pool, progress_bar, task_env
 
 TARGETS: dict[str, int] = {"sm_80": 80, "sm_89": 89, "sm_90": 90}
 """Named targets -> compute capability. "native" means the local CUDA GPU."""
-
-STAGE_ORDER = ("triton", "ttir", "ttgir", "llir", "ptx", "sass")
-
-
-@dataclass(frozen=True)
-class GPUSpec:
-    """Per-SM limits used by the occupancy model (CUDA programming guide, compute capabilities table)."""
-
-    name: str
-    regs_per_sm: int = 65536
-    max_warps_per_sm: int = 64
-    max_blocks_per_sm: int = 32
-    smem_per_sm: int = 164 * 1024  # bytes usable for shared memory per SM
-    max_smem_per_block: int = 163 * 1024
-    reserved_smem_per_block: int = 1024  # the CUDA runtime keeps 1 KiB per block (sm_80+)
-    reg_alloc_unit: int = 256  # registers are allocated per warp, in units of 256
-    max_regs_per_thread: int = 255
-
-
-GPU_SPECS: dict[int, GPUSpec] = {
-    80: GPUSpec("A100 class (sm_80)"),
-    86: GPUSpec(
-        "RTX 30 class (sm_86)",
-        max_warps_per_sm=48,
-        max_blocks_per_sm=16,
-        smem_per_sm=100 * 1024,
-        max_smem_per_block=99 * 1024,
-    ),
-    89: GPUSpec(
-        "L4/L40/RTX 40 class (sm_89)",
-        max_warps_per_sm=48,
-        max_blocks_per_sm=24,
-        smem_per_sm=100 * 1024,
-        max_smem_per_block=99 * 1024,
-    ),
-    90: GPUSpec("H100/H200 class (sm_90)", smem_per_sm=228 * 1024, max_smem_per_block=227 * 1024),
-}
-
-
-@dataclass
-class Occupancy:
-    """Modeled residency of one kernel on one SM (no GPU was asked)."""
-
-    blocks: int
-    resident_warps: int
-    max_warps: int
-    limiter: str  # "registers" | "shared memory" | "warps" | "blocks"
-    by_registers: int
-    by_shared_memory: int
-    by_warps: int
-
-    @property
-    def fraction(self) -> float:
-        return self.resident_warps / self.max_warps if self.max_warps else 0.0
-
-
-def model_occupancy(arch: int, registers: int, shared_mem: int, num_warps: int) -> Occupancy | None:
-    """Resident warps per SM for a kernel using ``registers`` per thread, ``shared_mem`` bytes
-    of shared memory per block and ``num_warps`` warps per block, on ``sm_<arch>``.
-
-    Modeled, like CUDA's occupancy calculator: registers are allocated per warp, rounded
-    up to 256; blocks per SM are the minimum of what registers, shared memory (plus the
-    1 KiB the runtime reserves per block), the warp limit and the block limit allow.
-    None when the architecture is not in :data:`GPU_SPECS`.
-    """
-    spec = GPU_SPECS.get(arch)
-    if spec is None or num_warps <= 0:
-        return None
-    regs = max(1, registers)
-    regs_per_warp = math.ceil(regs * 32 / spec.reg_alloc_unit) * spec.reg_alloc_unit
-    by_regs = (
-        (spec.regs_per_sm // regs_per_warp) // num_warps if regs <= spec.max_regs_per_thread else 0
-    )
-    if shared_mem > spec.max_smem_per_block:
-        by_smem = 0
-    else:
-        by_smem = spec.smem_per_sm // (shared_mem + spec.reserved_smem_per_block)
-    by_warps = spec.max_warps_per_sm // num_warps
-    limits = {  # on a tie, name the SM's own limit rather than the kernel's use
-        "warps": by_warps,
-        "blocks": spec.max_blocks_per_sm,
-        "registers": by_regs,
-        "shared memory": by_smem,
-    }
-    limiter = min(limits, key=lambda k: limits[k])
-    blocks = limits[limiter]
-    return Occupancy(
-        blocks, blocks * num_warps, spec.max_warps_per_sm, limiter, by_regs, by_smem, by_warps
-    )
-
-
-@dataclass
-class CompileReport:
-    """What one kernel compiles to for one target.
-
-    ``stages`` maps a stage name to its text, in pipeline order: ``"triton"`` (the Python
-    module), ``"ttir"``, ``"ttgir"``, ``"llir"``, ``"ptx"`` and ``"sass"`` (annotated with
-    the Python source lines). ``cubin`` holds the binary. ``registers`` (per thread) and
-    ``spills`` (bytes of spill stores) come from ptxas; ``shared_mem`` is bytes per block;
-    ``occupancy`` (resident warps / the SM's maximum) and ``resident_warps`` are *modeled*
-    from those numbers and the target's limits (:func:`model_occupancy`), not measured.
-    """
-
-    name: str
-    target: str
-    ok: bool
-    error: str | None = None
-    stages: dict[str, str] = field(default_factory=dict)
-    registers: int | None = None
-    spills: int | None = None
-    shared_mem: int | None = None
-    num_warps: int | None = None
-    occupancy: float | None = None
-    resident_warps: int | None = None
-    occupancy_limiter: str | None = None
-    compile_seconds: float = 0.0
-    cached: bool = False
-    triton_version: str = ""
-    stack_bytes: int | None = None
-    local_mem: int | None = None
-    constexprs: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds in the worker, by step
-    ptxas_log: str = ""
-    cubin: bytes | None = field(default=None, repr=False)
-
-    # -- views ---------------------------------------------------------------------
-
-    @property
-    def sass(self) -> str | None:
-        return self.stages.get("sass")
-
-    @property
-    def ptx(self) -> str | None:
-        return self.stages.get("ptx")
-
-    def stage(self, name: str) -> str:
-        """The text of one stage (KeyError listing the available ones)."""
-        if name not in self.stages:
-            raise KeyError(f"no stage {name!r} in this report; it has {list(self.stages)}")
-        return self.stages[name]
-
-    def _resource_rows(self) -> list[tuple[str, str]]:
-        def b(n):
-            return "?" if n is None else f"{n:,} B"
-
-        occ = "?"
-        if self.occupancy is not None:
-            occ = (
-                f"{self.resident_warps} warps/SM ({self.occupancy:.0%}), "
-                f"limited by {self.occupancy_limiter} (modeled)"
-            )
-        rows = [
-            ("registers / thread", "?" if self.registers is None else str(self.registers)),
-            ("spill stores", b(self.spills)),
-            ("shared memory / block", b(self.shared_mem)),
-            ("num_warps", "?" if self.num_warps is None else str(self.num_warps)),
-            ("occupancy", occ),
-        ]
-        if self.stack_bytes:
-            rows.append(("stack frame", b(self.stack_bytes)))
-        if self.constexprs:
-            rows.append(("constexprs", ", ".join(f"{k}={v}" for k, v in self.constexprs.items())))
-        timing = f"{self.compile_seconds:.2f} s" + (
-            " (served from the disk cache)" if self.cached else ""
-        )
-        rows.append(("compile time", timing))
-        rows.append(("triton", self.triton_version or "?"))
-        return rows
-
-    def to_text(self) -> str:
-        """A readable summary (no stage texts; see ``stages``)."""
-        head = f"CompileReport {self.name} @ {self.target}: " + ("ok" if self.ok else "FAILED")
-        lines = [head]
-        if self.error:
-            err = self.error.strip().splitlines()
-            lines.append("  error: " + err[0])
-            lines += ["    " + ln for ln in err[1:40]]
-            if len(err) > 40:
-                lines.append(f"    ... ({len(err) - 40} more lines)")
-        if self.ok:
-            for k, v in self._resource_rows():
-                lines.append(f"  {k + ':':<23}{v}")
-        for n in self.notes:
-            lines.append(f"  note: {n}")
-        if self.stages:
-            stage_list = ", ".join(
-                f"{k} ({len(v.splitlines())} lines)" for k, v in self.stages.items()
-            )
-            lines.append(f"  stages: {stage_list}")
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.to_text()
-
-    def _repr_html_(self) -> str:
-        e = html.escape
-        status = (
-            "<span style='color:#1a7f37'>ok</span>"
-            if self.ok
-            else "<span style='color:#cf222e'>FAILED</span>"
-        )
-        out = [
-            "<div class='fusionlab-compile-report'>",
-            f"<b>{e(self.name)}</b> @ <code>{e(self.target)}</code>: {status}",
-        ]
-        if self.error:
-            out.append(f"<pre style='color:#cf222e;white-space:pre-wrap'>{e(self.error)}</pre>")
-        if self.ok:
-            out.append("<table>")
-            for k, v in self._resource_rows():
-                out.append(
-                    f"<tr><th style='text-align:left'>{e(k)}</th><td style='text-align:left'>{e(v)}</td></tr>"
-                )
-            out.append("</table>")
-        if self.notes:
-            out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in self.notes) + "</ul>")
-        for name, text in self.stages.items():
-            n = len(text.splitlines())
-            out.append(
-                f"<details><summary><code>{e(name)}</code> ({n} lines)</summary>"
-                f"<pre style='max-height:40em;overflow:auto'>{e(text)}</pre></details>"
-            )
-        if self.ptxas_log.strip():
-            out.append(
-                f"<details><summary>compiler log</summary><pre>{e(self.ptxas_log)}</pre></details>"
-            )
-        out.append("</div>")
-        return "\n".join(out)
-
-    # -- (de)serialisation for the cache ---------------------------------------------
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["cubin"] = base64.b64encode(self.cubin).decode("ascii") if self.cubin else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CompileReport:
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if d.get("cubin"):
-            d["cubin"] = base64.b64decode(d["cubin"])
-        return cls(**d)
-
 
 # -- targets ----------------------------------------------------------------------------
 
@@ -355,17 +110,6 @@ def annotate_sass(sass: str, source: str) -> str:
     return _RE_SASS_LINE.sub(sub, sass)
 
 
-def _triton_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("triton")
-    except Exception:  # noqa: BLE001
-        import triton
-
-        return triton.__version__
-
-
 def _report_from_result(ks: KernelSource, label: str, arch: int, res: dict) -> CompileReport:
     stages = {"triton": ks.source}
     stages.update(res.get("stages") or {})
@@ -379,7 +123,7 @@ def _report_from_result(ks: KernelSource, label: str, arch: int, res: dict) -> C
         error=res.get("error"),
         stages=stages,
         compile_seconds=float(res.get("compile_seconds") or 0.0),
-        triton_version=res.get("triton_version") or _triton_version(),
+        triton_version=res.get("triton_version") or _env.triton_version() or "unknown",
         notes=list(res.get("notes") or []),
         timings={
             **(res.get("timings") or {}),
@@ -415,7 +159,7 @@ def _report_from_result(ks: KernelSource, label: str, arch: int, res: dict) -> C
             rep.resident_warps = occ.resident_warps
             rep.occupancy_limiter = occ.limiter
         else:
-            rep.notes.append(f"no occupancy model for sm_{arch} (known: {sorted(GPU_SPECS)})")
+            rep.notes.append(f"no occupancy model for sm_{arch} (known: {sorted(SM_LIMITS)})")
     return rep
 
 
@@ -426,7 +170,7 @@ def _failed(ks: KernelSource, label: str, error: str) -> CompileReport:
         ok=False,
         error=error,
         stages={"triton": ks.source},
-        triton_version=_triton_version(),
+        triton_version=_env.triton_version() or "unknown",
         constexprs=dict(ks.constexprs),
     )
 
@@ -464,7 +208,7 @@ def inspect_many(
     n = len(sources)
     if n == 0:
         return []
-    tversion = _triton_version()
+    tversion = _env.triton_version() or "unknown"
     env = task_env()
     hide = [
         t

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 from fusionlab.codegen.source import KernelSource
 
+from .. import _env
 from .. import cache as _cache
 from ._table import html_table, text_lines
-from .compile import CompileReport, _triton_version, inspect_many
+from .compile import CompileReport, inspect_many
 from .summary import add_tool_notes
 
 
@@ -203,7 +204,7 @@ class TuneResult:
 
 
 def _tune_key(ks: KernelSource, device: str, configs: list[dict]) -> str:
-    return _cache.make_key("tune", ks.digest, device, _triton_version(), configs)
+    return _cache.make_key("tune", ks.digest, device, _env.triton_version() or "unknown", configs)
 
 
 # Tuned configs share the "inspect" namespace of the disk cache (their keys differ), so
