@@ -12,6 +12,10 @@ Kinds:
 An op missing from the table is opaque, never an error. Pointwise expressions use only
 core ``tl`` functions (no libdevice) so the same kernel runs in the Triton interpreter
 on CPU and compiles for any GPU target.
+
+One piece: the table is what a reader scans to learn how fusionlab sees an op (its kind
+and, for pointwise ops, its Triton expression side by side); split by kind, an op's two
+facts would live in two files.
 """
 
 from __future__ import annotations
