@@ -13,114 +13,66 @@ from torch import nn
 
 from .programs import InputSpec, Op, Program
 
+# each op: (operand values, keyword arguments, the program's float dtype) -> its torch code
+OPS = {
+    "exp": lambda a, kw, dt: torch.exp(a[0]),
+    "tanh": lambda a, kw, dt: torch.tanh(a[0]),
+    "sigmoid": lambda a, kw, dt: torch.sigmoid(a[0]),
+    "relu": lambda a, kw, dt: torch.relu(a[0]),
+    "gelu": lambda a, kw, dt: F.gelu(a[0]),
+    "gelu_tanh": lambda a, kw, dt: F.gelu(a[0], approximate="tanh"),
+    "silu": lambda a, kw, dt: F.silu(a[0]),
+    "abs": lambda a, kw, dt: a[0].abs(),
+    "pow2": lambda a, kw, dt: a[0].pow(2),
+    "neg": lambda a, kw, dt: -a[0],
+    "rsqrt_abs": lambda a, kw, dt: torch.rsqrt(a[0].abs() + 1),
+    "log_abs": lambda a, kw, dt: torch.log(a[0].abs() + 0.5),
+    "scale": lambda a, kw, dt: a[0] * 0.75,
+    "rsub1": lambda a, kw, dt: 1 - a[0],
+    "clamp": lambda a, kw, dt: a[0].clamp(-1.5, 2.0),
+    "sin": lambda a, kw, dt: torch.sin(a[0]),
+    "add": lambda a, kw, dt: a[0] + a[1],
+    "mul": lambda a, kw, dt: a[0] * a[1],
+    "sub": lambda a, kw, dt: a[0] - a[1],
+    "div": lambda a, kw, dt: a[0] / (a[1].abs() + 0.5),
+    "maximum": lambda a, kw, dt: torch.maximum(a[0], a[1]),
+    "softmax": lambda a, kw, dt: torch.softmax(a[0], kw["dim"]),
+    "log_softmax": lambda a, kw, dt: torch.log_softmax(a[0], kw["dim"]),
+    "layer_norm": lambda a, kw, dt: F.layer_norm(a[0], a[0].shape[a[0].dim() - kw["k"]:], *a[1:]),
+    "sum": lambda a, kw, dt: a[0].sum(kw["dim"], keepdim=kw["keepdim"]),
+    "mean": lambda a, kw, dt: a[0].mean(kw["dim"], keepdim=kw["keepdim"]),
+    "amax": lambda a, kw, dt: a[0].amax(kw["dim"], keepdim=kw["keepdim"]),
+    "var": lambda a, kw, dt: a[0].var(kw["dim"], keepdim=kw["keepdim"], correction=kw["correction"]),
+    "transpose": lambda a, kw, dt: a[0].transpose(kw["d0"], kw["d1"]),
+    "permute": lambda a, kw, dt: a[0].permute(*kw["perm"]),
+    "reshape": lambda a, kw, dt: a[0].reshape(kw["shape"]),
+    "expand": lambda a, kw, dt: a[0].unsqueeze(kw["pos"]).expand(kw["shape"]),
+    "slice": lambda a, kw, dt: a[0][(slice(None),) * kw["dim"] + (slice(kw["start"], kw["stop"], kw["step"]),)],
+    "upcast": lambda a, kw, dt: a[0].float(),
+    "downcast": lambda a, kw, dt: a[0].to(dt),
+    "gt0": lambda a, kw, dt: a[0] > 0,
+    "lt": lambda a, kw, dt: a[0] < a[1],
+    "where": lambda a, kw, dt: torch.where(a[0], a[1], a[2]),
+    "masked_fill": lambda a, kw, dt: a[0].masked_fill(a[1], kw["value"]),
+    "not": lambda a, kw, dt: ~a[0],
+    "and": lambda a, kw, dt: a[0] & a[1],
+    "or": lambda a, kw, dt: a[0] | a[1],
+    "b2f": lambda a, kw, dt: a[0].to(dt),
+    "b2i": lambda a, kw, dt: a[0].to(getattr(torch, kw["dtype"])),
+    "any": lambda a, kw, dt: a[0].any(kw["dim"]),
+    "iadd": lambda a, kw, dt: a[0] + a[1] * 2,
+    "isum": lambda a, kw, dt: a[0].sum(kw["dim"]),
+    "i2f": lambda a, kw, dt: a[0].to(dt) * 0.5,
+}
+
 
 def apply_op(op: Op, v: list, params, dtype: torch.dtype):
     """The torch code of one op (dtype: the program's float dtype)."""
-    kw = op.kw
-    n = op.name
-    if n == "param":
-        return params[kw["j"]]
-    a = v[op.args[0]]
-    if n == "exp":
-        return torch.exp(a)
-    if n == "tanh":
-        return torch.tanh(a)
-    if n == "sigmoid":
-        return torch.sigmoid(a)
-    if n == "relu":
-        return torch.relu(a)
-    if n == "gelu":
-        return F.gelu(a)
-    if n == "gelu_tanh":
-        return F.gelu(a, approximate="tanh")
-    if n == "silu":
-        return F.silu(a)
-    if n == "abs":
-        return a.abs()
-    if n == "pow2":
-        return a.pow(2)
-    if n == "neg":
-        return -a
-    if n == "rsqrt_abs":
-        return torch.rsqrt(a.abs() + 1)
-    if n == "log_abs":
-        return torch.log(a.abs() + 0.5)
-    if n == "scale":
-        return a * 0.75
-    if n == "rsub1":
-        return 1 - a
-    if n == "clamp":
-        return a.clamp(-1.5, 2.0)
-    if n == "sin":
-        return torch.sin(a)
-    if n in ("add", "mul", "sub", "div", "maximum"):
-        b = v[op.args[1]]
-        if n == "add":
-            return a + b
-        if n == "mul":
-            return a * b
-        if n == "sub":
-            return a - b
-        if n == "div":
-            return a / (b.abs() + 0.5)
-        return torch.maximum(a, b)
-    if n == "softmax":
-        return torch.softmax(a, kw["dim"])
-    if n == "log_softmax":
-        return torch.log_softmax(a, kw["dim"])
-    if n == "layer_norm":
-        w = v[op.args[1]] if len(op.args) > 1 else None
-        return F.layer_norm(a, a.shape[a.dim() - kw["k"]:], w)
-    if n == "sum":
-        return a.sum(kw["dim"], keepdim=kw["keepdim"])
-    if n == "mean":
-        return a.mean(kw["dim"], keepdim=kw["keepdim"])
-    if n == "amax":
-        return a.amax(kw["dim"], keepdim=kw["keepdim"])
-    if n == "var":
-        return a.var(kw["dim"], keepdim=kw["keepdim"], correction=kw["correction"])
-    if n == "transpose":
-        return a.transpose(kw["d0"], kw["d1"])
-    if n == "permute":
-        return a.permute(*kw["perm"])
-    if n == "reshape":
-        return a.reshape(kw["shape"])
-    if n == "expand":
-        return a.unsqueeze(kw["pos"]).expand(kw["shape"])
-    if n == "slice":
-        idx = (slice(None),) * kw["dim"] + (slice(kw["start"], kw["stop"], kw["step"]),)
-        return a[idx]
-    if n == "upcast":
-        return a.float()
-    if n == "downcast":
-        return a.to(dtype)
-    if n == "gt0":
-        return a > 0
-    if n == "lt":
-        return a < v[op.args[1]]
-    if n == "where":
-        return torch.where(a, v[op.args[1]], v[op.args[2]])
-    if n == "masked_fill":
-        return a.masked_fill(v[op.args[1]], kw["value"])
-    if n == "not":
-        return ~a
-    if n == "and":
-        return a & v[op.args[1]]
-    if n == "or":
-        return a | v[op.args[1]]
-    if n == "b2f":
-        return a.to(dtype)
-    if n == "b2i":
-        return a.to(getattr(torch, kw["dtype"]))
-    if n == "any":
-        return a.any(kw["dim"])
-    if n == "iadd":
-        return a + v[op.args[1]] * 2
-    if n == "isum":
-        return a.sum(kw["dim"])
-    if n == "i2f":
-        return a.to(dtype) * 0.5
-    raise ValueError(f"unknown op {n}")
+    if op.name == "param":
+        return params[op.kw["j"]]
+    if op.name not in OPS:
+        raise ValueError(f"unknown op {op.name}")
+    return OPS[op.name]([v[i] for i in op.args], op.kw, dtype)
 
 
 class FuzzModule(nn.Module):
