@@ -1,8 +1,9 @@
 """Fuzzing: random whole programs through fusionlab, never a crash, never a silent mismatch.
 
-The generator, the checks and the comparison live in ``bench/fuzz.py`` (also a script for
-longer runs: ``python bench/fuzz.py --cases 2000 --seed 1``); its docstring explains the
-tolerances. Here, with fixed seeds:
+The generator, the oracle and the checks live in :mod:`fusionlab.testing` (``bench/fuzz.py``
+is a command line over them for longer runs: ``python bench/fuzz.py --cases 2000 --seed 1``);
+``fusionlab.testing.oracle`` explains when a fused value counts as equal to eager. Here,
+with fixed seeds:
 
 * ``test_codegen_fuzz``: 4 shards x 125 = 500 programs. Forward and backward ATen graphs
   (AOTAutograd, no dynamo), every candidate generated, built and checked against eager,
@@ -11,16 +12,14 @@ tolerances. Here, with fixed seeds:
   compile`` and one fused training step against eager: loss, input grads, param grads;
   every selected candidate is in ``fused.report``, used or refused with a reason.
 
-A case that hits a bug listed in ``fuzz.KNOWN_BUGS`` / ``fuzz.KNOWN_MISMATCHES`` counts as
-known (each has a strict xfail test below that shows it); anything else fails.
+A case that hits a bug listed in ``KNOWN_BUGS`` / ``KNOWN_MISMATCHES`` counts as known
+(each has a strict xfail test that shows it, and a row in docs/hostile-inputs.md);
+anything else fails.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,23 +28,8 @@ from hypothesis import seed as hseed
 from hypothesis import strategies as st
 from torch import nn
 
-import fusionlab  # noqa: F401, I001  (before anything imports triton: torch and hypothesis do not)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_fuzz():
-    name = "fusionlab_bench_fuzz"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "fuzz.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fuzz = _load_fuzz()
+import fusionlab  # noqa: I001  (before anything imports triton: torch and hypothesis do not)
+from fusionlab import testing as fuzz
 
 CODEGEN_SHARDS, CODEGEN_PER_SHARD = 4, 125  # 500 programs
 E2E_SHARDS, E2E_PER_SHARD = 2, 30  # 60 programs
@@ -143,14 +127,14 @@ def test_the_checks_catch_a_kernel_that_is_wrong_only_on_special_values(monkeypa
 
 def test_compare_tolerances():
     e = torch.tensor([1.0, 2.0, float("nan"), float("inf")])
-    assert fuzz.compare(e.clone(), e, None, torch.float32) is None
-    assert fuzz.compare(e + torch.tensor([0, 1e-5, 0, 0]), e, None, torch.float32) is None
-    assert "at [1]" in fuzz.compare(e + torch.tensor([0, 1e-3, 0, 0]), e, None, torch.float32)
-    assert "at [2]" in fuzz.compare(torch.tensor([1.0, 2.0, 0.0, float("inf")]), e, None, torch.float32)
+    assert fuzz.mismatch(e.clone(), e, None, torch.float32) is None
+    assert fuzz.mismatch(e + torch.tensor([0, 1e-5, 0, 0]), e, None, torch.float32) is None
+    assert "at [1]" in fuzz.mismatch(e + torch.tensor([0, 1e-3, 0, 0]), e, None, torch.float32)
+    assert "at [2]" in fuzz.mismatch(torch.tensor([1.0, 2.0, 0.0, float("inf")]), e, None, torch.float32)
     # beyond the tolerance, but eager is that far from float64 too: ill-conditioned, accepted
     ideal = torch.tensor([1.0, 2.0 + 1e-3, float("nan"), float("inf")], dtype=torch.float64)
-    assert fuzz.compare(e + torch.tensor([0, 2e-3, 0, 0]), e, [ideal], torch.float32) is None
-    assert fuzz.compare(e + torch.tensor([0, 2e-2, 0, 0]), e, [ideal], torch.float32) is not None
+    assert fuzz.mismatch(e + torch.tensor([0, 2e-3, 0, 0]), e, [ideal], torch.float32) is None
+    assert fuzz.mismatch(e + torch.tensor([0, 2e-2, 0, 0]), e, [ideal], torch.float32) is not None
 
 
 # --------------------------------------------------------------------------- bugs it found
@@ -303,7 +287,8 @@ def _layer_norm_with_row_output(x, w):
 
 _BF = torch.bfloat16
 REFUSED = {
-    # a kernel that fails its check is refused (safe), but these are codegen bugs
+    # kernels the fuzzer found refused (safe, but codegen bugs), each with its cause; fixed
+    # since, so each must now be built and used
     "bool_to_bf16": ((lambda x: (x > 0).to(_BF) * x * 2, torch.randn(4, 8, dtype=_BF)),
                      "the Triton interpreter converts int/bool to bf16 by reinterpreting bits "
                      "(InterpreterError); ops.cast_expr should round by bits from fp32"),
@@ -322,13 +307,7 @@ REFUSED = {
 }
 
 
-STILL_OPEN: set[str] = set()  # every refusal found so far is fixed; add new ones here
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"bug: {why}") if name in STILL_OPEN else ())
-    for name, (_, why) in REFUSED.items()
-])
+@pytest.mark.parametrize("case", REFUSED)
 def test_codegen_refusals_found_by_fuzzing(case):
     from fusionlab.candidates import graph_candidates
     from fusionlab.kernels.kernel import build_kernel
@@ -365,7 +344,7 @@ def test_select_all_never_fails():
     x.requires_grad_()
     lf, le, pairs, report = _fused_vs_eager(model, x)
     assert report.used
-    fuzz_cmp = fuzz.compare(lf.detach(), le.detach(), None, torch.bfloat16)
+    fuzz_cmp = fuzz.mismatch(lf.detach(), le.detach(), None, torch.bfloat16)
     assert fuzz_cmp is None, fuzz_cmp
 
 
