@@ -12,6 +12,7 @@ from _kernel_sources import RMSNORM as REDUCTION
 from _kernel_sources import SOFTMAX_LOOPED as LOOPED
 
 from fusionlab.codegen.source import KernelSource
+from fusionlab.inspect import workers
 from fusionlab.inspect.compile import (
     CompileReport,
     annotate_sass,
@@ -20,7 +21,6 @@ from fusionlab.inspect.compile import (
     model_occupancy,
     resolve_target,
 )
-from fusionlab.inspect import workers
 
 PW_SIG = {"in_x": "*fp32", "in_bias": "*fp32", "out_y": "*fp32", "xnumel": "i32"}
 
