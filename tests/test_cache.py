@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from _kernel_sources import ADD_RELU as POINTWISE
 
+from fusionlab import cache
 from fusionlab.codegen.source import KernelSource
 from fusionlab.inspect.compile import inspect_many, inspect_source
-from fusionlab import cache
 
 
 def add_relu(xblock: int = 1024) -> KernelSource:

@@ -144,10 +144,8 @@ def test_convolution_flops():
     assert k.flops == 2 * out * 3 * 3 * 3 + out
 
 
-def test_step_cost_matches_plan_summary_on_gpt2_block():
-    zm = fusionlab.zoo.get("gpt2-block")
-    cap = fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn)
-    plan = fusionlab.FusionPlan(cap).select_all()
+def test_step_cost_matches_plan_summary_on_gpt2_block(zoo_plan):
+    plan = zoo_plan("gpt2-block")
     s = plan.summary()
     u, f = step_cost(plan, fused=False), step_cost(plan, fused=True)
     assert (u.bytes, u.launches) == (s.bytes_before, s.kernels_before)

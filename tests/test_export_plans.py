@@ -17,20 +17,15 @@ import textwrap
 import pytest
 import torch
 
-import fusionlab as fl
-from fusionlab import zoo
-
 PKG = "gpt2_block_kernels"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, zoo_plan):
     root = tmp_path_factory.mktemp("export-plans")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FUSIONLAB_CACHE_DIR", str(root / "cache"))
-        zm = zoo.get("gpt2-block")
-        cap = fl.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn)
-        plan = fl.FusionPlan(cap).select_all()
+        plan = zoo_plan("gpt2-block")
         paths = plan.export(root / PKG)  # generates and checks the kernels first
         kernels = plan.kernels()
     return root, paths, kernels

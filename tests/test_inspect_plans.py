@@ -16,8 +16,6 @@ import os
 import pytest
 import torch
 
-import fusionlab as fl
-from fusionlab import zoo
 from fusionlab.codegen import generate
 from fusionlab.inspect.configs import cached_best_config, candidate_configs
 from fusionlab.inspect.summary import CompileReports
@@ -66,13 +64,8 @@ def pool():
 
 
 @pytest.fixture(scope="module")
-def plans():
-    out = {}
-    for name in MODELS:
-        zm = zoo.get(name)
-        cap = fl.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn)
-        out[name] = fl.FusionPlan(cap).select_all()
-    return out
+def plans(zoo_plan):
+    return {name: zoo_plan(name) for name in MODELS}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import operator
+import re
 
 import pytest
 import torch
@@ -10,7 +12,6 @@ import torch.fx
 from torch import nn
 
 import fusionlab
-import fusionlab.zoo as zoo
 from fusionlab import ops
 from fusionlab.candidates import find_candidates
 from fusionlab.capture import Capture
@@ -81,25 +82,18 @@ def _bert():
     return model, (ids,), lambda out: out.last_hidden_state.pow(2).mean()
 
 
-def shared_captures(config) -> dict:
-    """Captures of zoo models, shared by the test modules of one pytest session (keyed by name)."""
-    return config.__dict__.setdefault("_fusionlab_zoo_captures", {})
-
-
-@pytest.fixture
-def captured(request):
-    """captured(name) -> Capture of a zoo model's (or tiny BERT's) training step, once per session."""
-    cache: dict[str, Capture] = shared_captures(request.config)
+@pytest.fixture(scope="module")
+def captured(zoo_capture):
+    """captured(name) -> the capture of a zoo model's training step, or of tiny BERT's."""
+    bert: list[Capture] = []
 
     def get(name: str) -> Capture:
-        if name not in cache:
-            if name == "bert-tiny":
-                model, inputs, loss_fn = _bert()
-            else:
-                m = zoo.get(name)
-                model, inputs, loss_fn = m.model, m.inputs, m.loss_fn
-            cache[name] = fusionlab.capture(model, *inputs, loss_fn=loss_fn)
-        return cache[name]
+        if name != "bert-tiny":
+            return zoo_capture(name)
+        if not bert:
+            model, inputs, loss_fn = _bert()
+            bert.append(fusionlab.capture(model, *inputs, loss_fn=loss_fn))
+        return bert[0]
 
     return get
 
@@ -170,10 +164,16 @@ def test_reduction_spec_normalises_dims():
 
 @pytest.mark.parametrize("target", list(ops.POINTWISE), ids=str)
 def test_every_pointwise_entry_renders(target):
-    entry = ops.POINTWISE[target]
-    args = ["a", "b", "c"]
-    expr = entry.expr(args, {}, torch.float32)
-    assert isinstance(expr, str) and expr.strip()
+    """Each entry renders one Python expression over the argument names it is given, tl and
+    the helpers every generated kernel defines (codegen.emit.HELPERS), nothing else."""
+    from fusionlab.codegen.emit import HELPERS
+
+    helpers = set(re.findall(r"^def (\w+)\(", HELPERS, re.MULTILINE))
+    expr = ops.POINTWISE[target].expr(["arg0", "arg1", "arg2"], {}, torch.float32)
+    tree = ast.parse(expr, mode="eval")  # a SyntaxError fails the test
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    unknown = names - {"arg0", "arg1", "arg2", "tl", "float"} - helpers
+    assert not unknown, (expr, unknown)
     assert "libdevice" not in expr  # core tl only: runs in the interpreter and on any GPU
 
 

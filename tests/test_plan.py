@@ -9,23 +9,21 @@ import torch
 from torch import nn
 
 import fusionlab
-import fusionlab.zoo as zoo
 from fusionlab import ops
 from fusionlab.candidates import Candidate, Candidates, find_candidates
 from fusionlab.plan import FusionPlan, PlanError, PlanSummary, plan_for
 
 
-@pytest.fixture(scope="module")
-def gpt2():
-    m = zoo.get("gpt2-block")
-    cap = fusionlab.capture(m.model, *m.inputs, loss_fn=m.loss_fn)
-    return cap, find_candidates(cap)
+@pytest.fixture
+def gpt2(zoo_candidates):
+    cands = zoo_candidates("gpt2-block")
+    return cands.capture, cands
 
 
 @pytest.fixture
-def plan(gpt2):
-    cap, cands = gpt2
-    return FusionPlan(cap, cands)
+def plan(zoo_plan):
+    """gpt2-block's plan, nothing selected; each test gets its own."""
+    return zoo_plan("gpt2-block", select=None)
 
 
 def _ids(plan: FusionPlan) -> list[str]:
@@ -36,11 +34,22 @@ def _with(cands, component: str) -> list[str]:
     return [c.id for c in cands if component in c.pattern.split("+")]
 
 
+def _nbytes(node) -> int:
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (list, tuple)) else [val]
+    return sum(v.numel() * v.dtype.itemsize for v in vals if isinstance(v, torch.Tensor))
+
+
 def _check_summary(plan: FusionPlan) -> PlanSummary:
     """The summary's numbers, recomputed from the graphs and the selection."""
     s = plan.summary()
     launching = [i for g in plan.capture.graphs for i in g.nodes.values() if ops.launches_kernel(i.kind)]
     assert s.kernels_before == len(launching)
+    # bytes: each launching node reads each of its inputs once and writes its result
+    assert s.bytes_before == sum(
+        sum(_nbytes(a) for a in dict.fromkeys(n.all_input_nodes)) + _nbytes(n)
+        for g in plan.capture.graphs for n in g.gm.graph.nodes if ops.launches_kernel(g.nodes[n.name].kind)
+    )
     assert s.matmul_kernels == sum(i.kind == "matmul" for i in launching)
     sel = plan.selected
     assert s.selected == len(sel) and s.candidates == len(plan.candidates)

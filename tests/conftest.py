@@ -1,0 +1,67 @@
+"""Fixtures shared by the test modules: zoo models, their captures, candidates and plans.
+
+Each is a session-scoped factory, ``fixture(name)``, that builds a zoo model's object the
+first time a test asks for it and hands the same object to every later test:
+
+- ``zoo_model(name)``: the ``ZooModel`` (``zoo.get(name)``). Tests train, mutate or call a
+  copy (``copy.deepcopy(zm.model)``), never ``zm.model`` itself.
+- ``zoo_capture(name)``: the capture of its training step. Read-only: nothing in fusionlab
+  changes a Capture or its graphs once made.
+- ``zoo_candidates(name)``: ``find_candidates`` of that capture (read-only too).
+- ``zoo_plan(name, select="all")``: a new ``FusionPlan`` on each call, over the shared
+  capture and candidates: a plan's selection is the one thing tests change, so no test
+  sees another's selection. ``select=None`` gives a plan with nothing selected.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import fusionlab as fl  # noqa: I001  (imported before anything imports triton)
+from fusionlab import zoo
+
+
+@pytest.fixture(scope="session")
+def zoo_model():
+    models: dict[str, zoo.ZooModel] = {}
+
+    def get(name: str) -> zoo.ZooModel:
+        if name not in models:
+            models[name] = zoo.get(name)
+        return models[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def zoo_capture(zoo_model):
+    captures: dict[str, fl.Capture] = {}
+
+    def get(name: str) -> fl.Capture:
+        if name not in captures:
+            zm = zoo_model(name)
+            captures[name] = fl.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn)
+        return captures[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def zoo_candidates(zoo_capture):
+    found: dict[str, fl.Candidates] = {}
+
+    def get(name: str) -> fl.Candidates:
+        if name not in found:
+            found[name] = fl.find_candidates(zoo_capture(name))
+        return found[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def zoo_plan(zoo_capture, zoo_candidates):
+    def get(name: str, select: str | None = "all") -> fl.FusionPlan:
+        plan = fl.FusionPlan(zoo_capture(name), zoo_candidates(name))
+        return plan.select_all() if select == "all" else plan.select(select) if select else plan
+
+    return get
