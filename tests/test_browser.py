@@ -195,3 +195,26 @@ def test_refusal_shows_message(browser, served, shots):
     assert w.selected == [] and plan.selected == []
     page.screenshot(path=str(shots / "graph_refused.png"))
     assert not errors, errors
+
+
+@pytest.mark.slow
+def test_gpt2_12l_training_step_opens_and_stays_responsive(browser, served, shots):
+    """About 2,900 nodes: opens as one box per block; opening a block lays out one level."""
+    zm = zoo.get("gpt2-12l")
+    plan = FusionPlan(capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn))
+    w = GraphWidget(plan)
+    assert sum(len(g.nodes) for g in plan.capture.graphs) > 2500
+    page, errors = open_widget(browser, served, w)
+    blocks = [k for k, v in w.view["items"].items() if v["type"] == "module" and ".h." in v["module"]]
+    assert len(blocks) == 12 and page.locator("g.node").count() == len(w.view["items"])
+    page.screenshot(path=str(shots / "gpt2_12l_collapsed.png"))
+    timings = {"open": page.locator("[data-role=canvas]").get_attribute("data-ms")}
+    page.locator(f'g.node[id="{blocks[5]}"]').click()
+    settle(page, f"() => window.model.get('expanded').includes({json.dumps(blocks[5][2:])})")
+    timings["expand"] = page.locator("[data-role=canvas]").get_attribute("data-ms")
+    page.locator('button[data-graph="bw0"]').click()
+    settle(page, "() => window.model.get('view').graph == 'bw0'")
+    timings["backward"] = page.locator("[data-role=canvas]").get_attribute("data-ms")
+    page.screenshot(path=str(shots / "gpt2_12l_backward.png"))
+    print("gpt2-12l layout ms (Graphviz wasm, this machine):", timings)
+    assert not errors, errors

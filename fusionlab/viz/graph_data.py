@@ -60,7 +60,7 @@ class NodeItem:
     def info(self) -> dict:
         return {"type": "op", "name": self.name, "op": self.op, "kind": self.kind, "shape": self.shape,
                 "bytes": _fmt_bytes(self.nbytes), "module": self.module, "source": self.source,
-                "candidate": self.candidate, "why_not": self.why_not}
+                "candidate": self.candidate, "why_not": self.why_not, "output": self.output}
 
 
 @dataclass

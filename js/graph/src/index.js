@@ -69,6 +69,8 @@ function tipText(it, view) {
     const c = view.clusters[it.candidate];
     lines.push(`in ${it.candidate}${c && c.selected ? " (selected)" : ""}`);
   } else if (it.why_not) lines.push(`not fused: ${it.why_not}`);
+  else if (it.kind === "placeholder") lines.push("an input of the graph (parameter, model input or saved tensor)");
+  if (it.output) lines.push("an output of the graph");
   return lines.join("\n");
 }
 
