@@ -50,16 +50,17 @@ class NodeItem:
     kind: str
     shape: str
     nbytes: int
-    module: str  # where the node is placed (placeholders: their first user's module)
+    module: str  # the module the node is drawn in (see GraphData.build)
     source: str
     candidate: str  # id of the candidate holding it, or ""
     why_not: str  # why it is in no candidate ("" when it is in one)
     output: bool  # an output of the graph
     hidden: bool  # a view outside every candidate, drawn as a dashed edge
+    origin: str = ""  # the module the capture attributes it to
 
     def info(self) -> dict:
         return {"type": "op", "name": self.name, "op": self.op, "kind": self.kind, "shape": self.shape,
-                "bytes": _fmt_bytes(self.nbytes), "module": self.module, "source": self.source,
+                "bytes": _fmt_bytes(self.nbytes), "module": self.origin, "source": self.source,
                 "candidate": self.candidate, "why_not": self.why_not, "output": self.output}
 
 
@@ -97,9 +98,20 @@ class GraphData:
             why = "" if n.name in owner else (reason(graph.tag, n.name) or "")
             nodes[n.name] = NodeItem(
                 n.name, info.op, info.kind, _shape_text(info), info.nbytes, module, info.source,
-                owner.get(n.name, ""), why, n.name in outputs, hidden,
+                owner.get(n.name, ""), why, n.name in outputs, hidden, info.module,
             )
             inputs[n.name] = [a.name for a in n.all_input_nodes]
+        # a candidate's member attributed to an outer module (a residual gradient add at the
+        # top) is drawn with the module holding most of the candidate, so it folds with it
+        for c in cands:
+            counts: dict[str, int] = {}
+            for n in c.nodes:
+                counts[nodes[n].module] = counts.get(nodes[n].module, 0) + 1
+            home = max(counts, key=lambda m: (counts[m], m.count(".")))
+            for n in c.nodes:
+                m = nodes[n].module
+                if m != home and (not m or home.startswith(m + ".")):
+                    nodes[n].module = home
         data = cls(graph.tag, graph.kind, nodes, inputs, {
             c.id: {"pattern": c.pattern, "nodes": list(c.nodes), "kernels": c.kernels_unfused,
                    "saves": _fmt_bytes(c.bytes_saved)}
