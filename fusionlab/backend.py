@@ -24,7 +24,9 @@ import torch.fx
 
 from . import _env
 from .candidates import Candidate, graph_candidates
-from .capture import CapturedGraph, _TrainStep, aten_backend, fresh_entry, node_facts
+from .capture import CapturedGraph, CaptureError, TrainStep, aten_backend, check_inputs, fresh_entry
+from .facts import node_facts
+from .fxgraph import copy_graph, stable_sort
 from .kernels.kernel import KernelStatus, build_kernel
 
 
@@ -95,11 +97,8 @@ def _kernel_call(kernel):
 
 def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, object]]) -> torch.fx.GraphModule:
     """A copy of `gm` with each candidate's nodes replaced by one call of its kernel."""
-    graph = torch.fx.Graph()
-    env: dict[torch.fx.Node, torch.fx.Node] = {}
-    out = graph.graph_copy(gm.graph, env)
-    graph.output(out)
-    nodes = {old.name: new for old, new in env.items()}
+    graph = copy_graph(gm.graph)
+    nodes = {n.name: n for n in graph.nodes}
     order = {n: i for i, n in enumerate(graph.nodes)}
     for cand, kernel in chosen:
         members = [nodes[n] for n in cand.nodes]
@@ -119,34 +118,10 @@ def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, object]]) ->
             prev = gi
         for m in sorted(members, key=order.__getitem__, reverse=True):
             graph.erase_node(m)
-    _stable_toposort(graph)
-    graph.lint()
-    return torch.fx.GraphModule(gm, graph)
-
-
-def _stable_toposort(graph: torch.fx.Graph) -> None:
-    """Reorder nodes so each comes after its inputs, moving as few as possible."""
-    order: list[torch.fx.Node] = []
-    placed: set[torch.fx.Node] = set()
-    for root in list(graph.nodes):
-        stack = [(root, False)]
-        while stack:
-            n, expanded = stack.pop()
-            if n in placed:
-                continue
-            if expanded:
-                placed.add(n)
-                order.append(n)
-                continue
-            stack.append((n, True))
-            for a in reversed(n.all_input_nodes):
-                if a not in placed:
-                    stack.append((a, False))
-    prev = None
-    for n in order:
-        if prev is not None and prev.next is not n:
-            prev.append(n)
-        prev = n
+    # a group's call sits after its last member; readers of its earlier outputs move below it
+    out = stable_sort(torch.fx.GraphModule(gm, graph))
+    out.graph.lint()
+    return out
 
 
 def make_backend(plan, *, validate: bool = True, seed: int | None = None, executor=None, **codegen):
@@ -234,7 +209,6 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
 
     backend = aten_backend(on_graph)
     backend.report = report
-    plan.last_report = report
     return backend
 
 
@@ -265,16 +239,14 @@ class FusedStep(torch.nn.Module):
     def __init__(self, plan, model, **options):
         super().__init__()
         self.model = model
-        self.step = _TrainStep(model, plan.capture.meta.get("loss_fn"), plan.capture.train)
+        self.step = TrainStep(model, plan.capture.meta.get("loss_fn"), plan.capture.train)
         self.backend = make_backend(plan, **options)
         self.report: BackendReport = self.backend.report
         self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
 
     def forward(self, *inputs):
-        from .capture import CaptureError, _check_inputs
-
         try:
-            _check_inputs(self.model, inputs)
+            check_inputs(self.model, inputs)
         except CaptureError as e:
             raise ValueError(f"fused step: {e}") from None
         if not self.step.train_step:

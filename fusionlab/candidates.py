@@ -6,10 +6,10 @@ the domain shape ``D``; a group with reductions reduces the same dims ``R`` of `
 all of them (softmax's amax and sum, layer_norm's var_mean). Such a group is one Triton
 kernel: pointwise over ``D``, or rows of ``D`` with ``R`` brought last by index math.
 
-Groups grow greedily along producer -> consumer edges in topological order, and merge
-siblings that reduce the same rows of a shared input. A merge that would let a path
-leave the group and re-enter it is refused (that group could not be one kernel). Every
-node left out of all candidates gets a one-line reason.
+The search itself (greedy growth, merges refused when a path would leave the group and
+re-enter it) lives in :mod:`fusionlab.grouping`; bytes and FLOPs in
+:mod:`fusionlab.nodecost`. This module turns the groups into named, costed Candidates and
+gives every node left out of all candidates a one-line reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ import torch.fx
 
 from . import ops
 from .capture import Capture, CapturedGraph
+from .grouping import GroupFinder, aligns, node_shape
+from .nodecost import fmt_bytes, group_costs
+
+_shape = node_shape  # the pattern names below read shapes too
+_fmt_bytes = fmt_bytes  # until viz/ and widgets/ import nodecost.fmt_bytes
+__all__ = ["Candidate", "Candidates", "aligns", "find_candidates", "graph_candidates", "pattern_name"]
 
 # original_aten op -> the name a student recognises
 FRIENDLY = {
@@ -91,7 +97,7 @@ class Candidate:
         mods = f" [{', '.join(self.modules[:2])}{', ...' if len(self.modules) > 2 else ''}]" if self.modules else ""
         return (
             f"<Candidate {self.id}: {len(self.nodes)} nodes, {self.kernels_unfused} kernels -> 1, "
-            f"saves {_fmt_bytes(self.bytes_saved)} (modeled){mods}>"
+            f"saves {fmt_bytes(self.bytes_saved)} (modeled){mods}>"
         )
 
 
@@ -119,7 +125,7 @@ class Candidates(list):
         lines = [f"{'id':34} {'nodes':>5} {'kernels':>7} {'saves (modeled)':>15}  modules"]
         for c in self:
             lines.append(
-                f"{c.id:34} {len(c.nodes):5d} {c.kernels_unfused:4d}->1 {_fmt_bytes(c.bytes_saved):>15}  "
+                f"{c.id:34} {len(c.nodes):5d} {c.kernels_unfused:4d}->1 {fmt_bytes(c.bytes_saved):>15}  "
                 + ", ".join(c.modules[:3])
             )
         return "\n".join(lines)
@@ -139,7 +145,7 @@ class Candidates(list):
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td><code>{html.escape(c.id)}</code></td><td>{len(c.nodes)}</td>"
-            f"<td>{c.kernels_unfused}&rarr;1</td><td>{_fmt_bytes(c.bytes_saved)}</td>"
+            f"<td>{c.kernels_unfused}&rarr;1</td><td>{fmt_bytes(c.bytes_saved)}</td>"
             f"<td>{html.escape(', '.join(c.modules[:3]))}</td></tr>"
             for c in self
         )
@@ -147,241 +153,6 @@ class Candidates(list):
             f"<b>{len(self)} fusion candidates</b> (bytes are modeled)<table><tr><th>id</th>"
             "<th>nodes</th><th>kernels</th><th>saves</th><th>modules</th></tr>" + rows + "</table>"
         )
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-# --------------------------------------------------------------------------- domains
-
-
-def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
-    val = node.meta.get("val")
-    if isinstance(val, (list, tuple)):
-        val = val[0]
-    if isinstance(val, torch.Tensor):
-        return tuple(int(s) for s in val.shape)
-    return None
-
-
-def aligns(shape: tuple[int, ...], domain: tuple[int, ...]) -> bool:
-    """Does `shape` broadcast to `domain` the way torch broadcasts (right-aligned)?"""
-    if len(shape) > len(domain):
-        return all(s == 1 for s in shape[: len(shape) - len(domain)]) and aligns(
-            shape[len(shape) - len(domain):], domain
-        )
-    off = len(domain) - len(shape)
-    return all(s == 1 or s == domain[off + i] for i, s in enumerate(shape))
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-@dataclass
-class _Group:
-    members: list  # fx nodes
-    domain: tuple[int, ...]
-    rdims: tuple[int, ...] | None  # None: pointwise group
-    lo: int  # min topo index
-    hi: int  # max topo index
-
-
-def _node_domain(node: torch.fx.Node, kind: str):
-    """(domain, reduce dims) of one fusable node, or None."""
-    if kind == "reduction":
-        spec = ops.reduction_spec(node)
-        shape = _shape(spec.input)
-        if shape is None:
-            return None
-        return shape, spec.dims
-    shape = _shape(node)
-    if shape is None:
-        return None
-    return shape, None
-
-
-class _Finder:
-    def __init__(self, graph: CapturedGraph):
-        self.graph = graph
-        self.nodes = list(graph.gm.graph.nodes)
-        self.index = {n: i for i, n in enumerate(self.nodes)}
-        self.kind = {n: graph.nodes[n.name].kind for n in self.nodes}
-        self.reason: dict[torch.fx.Node, str] = {}
-        self.group: dict[torch.fx.Node, _Group] = {}
-        for n in self.nodes:
-            k = self.kind[n]
-            if k == "getitem":
-                src = n.args[0]
-                if self.kind.get(src) == "reduction":
-                    continue  # joins its reduction below
-                self.reason[n] = f"picks a result of {ops.op_name(src)}, which is not fused"
-                continue
-            why = ops.why_not_fusable(n, k)
-            if k not in ops.FUSABLE_KINDS and why is None:
-                why = f"{k} node"
-            if why is not None:
-                self.reason[n] = why
-                continue
-            dom = _node_domain(n, k)
-            if dom is None:
-                self.reason[n] = "shape unknown"
-                continue
-            g = _Group([n], dom[0], dom[1], self.index[n], self.index[n])
-            self.group[n] = g
-        # a multi-output reduction (var_mean) and its getitems are one unit
-        for n in self.nodes:
-            if self.kind[n] == "getitem" and n.args[0] in self.group:
-                g = self.group[n.args[0]]
-                g.members.append(n)
-                g.hi = max(g.hi, self.index[n])
-                self.group[n] = g
-            elif self.kind[n] == "getitem" and n not in self.reason:
-                self.reason[n] = f"picks a result of {ops.op_name(n.args[0])}, which is not fused"
-
-    # ------------------------------------------------------------------ merging
-
-    def _merged_domain(self, a: _Group, b: _Group):
-        """(domain, rdims) of a ∪ b, or a reason string."""
-        if a.rdims is not None and b.rdims is not None:
-            if a.domain != b.domain or a.rdims != b.rdims:
-                return "reductions over different rows (domains or reduced dims differ)"
-            dom, rd = a.domain, a.rdims
-        elif a.rdims is not None or b.rdims is not None:
-            red, pw = (a, b) if a.rdims is not None else (b, a)
-            dom, rd = red.domain, red.rdims
-            if not aligns(pw.domain, dom):
-                return f"shape {list(pw.domain)} does not broadcast to the reduction's {list(dom)}"
-        else:
-            if aligns(a.domain, b.domain) and _numel(b.domain) >= _numel(a.domain):
-                dom, rd = b.domain, None
-            elif aligns(b.domain, a.domain):
-                dom, rd = a.domain, None
-            else:
-                return f"shapes {list(a.domain)} and {list(b.domain)} do not share one iteration space"
-        members = a.members + b.members
-        mset = set(members)
-        for m in members:
-            shape = _shape(m)
-            if shape is None:
-                return "shape unknown"
-            if aligns(shape, dom):
-                if self.kind[m] == "reduction" and not ops.reduction_spec(m).keepdim:
-                    # right-aligned but not the same dims: only safe when nobody in the group reads it
-                    spec = ops.reduction_spec(m)
-                    kept = [d for d in range(len(dom)) if d not in spec.dims]
-                    off = len(dom) - len(shape)
-                    if [off + i for i in range(len(shape)) if shape[i] != 1] != [
-                        d for d in kept if dom[d] != 1
-                    ] and any(u in mset for u in m.users):
-                        return f"{m.name} drops reduced dims, so its result does not line up with the rows"
-                continue
-            if self.kind[m] in ("reduction", "getitem") and not any(u in mset for u in m.users):
-                continue  # a final reduction result is stored by its own index map
-            return f"{m.name} has shape {list(shape)}, which does not broadcast to {list(dom)}"
-        return dom, rd
-
-    def _creates_cycle(self, a: _Group, b: _Group) -> bool:
-        """Is there a path a -> outside -> b or b -> outside -> a?"""
-        return self._path_through_outside(a, b) or self._path_through_outside(b, a)
-
-    def _path_through_outside(self, src: _Group, dst: _Group) -> bool:
-        if dst.hi < src.lo:
-            return False
-        inside = set(src.members) | set(dst.members)
-        targets = set(dst.members)
-        limit = dst.hi
-        stack = [u for m in src.members for u in m.users if u not in inside]
-        seen = set()
-        while stack:
-            n = stack.pop()
-            if n in seen or self.index[n] > limit:
-                continue
-            seen.add(n)
-            for u in n.users:
-                if u in targets:
-                    return True
-                if u not in inside and u not in seen:
-                    stack.append(u)
-        return False
-
-    def _base(self, node: torch.fx.Node) -> torch.fx.Node:
-        """The tensor a chain of views starts from."""
-        while self.kind.get(node) == "view" and node.all_input_nodes:
-            node = node.all_input_nodes[0]
-        return node
-
-    def try_merge(self, a: _Group, b: _Group) -> str | None:
-        if a is b:
-            return None
-        dom = self._merged_domain(a, b)
-        if isinstance(dom, str):
-            return dom
-        if self._creates_cycle(a, b):
-            return "fusing would create a cycle (a path leaves the group and comes back)"
-        a.members.extend(b.members)
-        a.domain, a.rdims = dom
-        a.lo, a.hi = min(a.lo, b.lo), max(a.hi, b.hi)
-        for m in b.members:
-            self.group[m] = a
-        return None
-
-    def run(self) -> list[_Group]:
-        failed: dict[torch.fx.Node, str] = {}
-        # vertical: each node joins the groups of its producers. Reductions along rows (the
-        # last dim) pick their producers first, so a row reduction (norm backward) and a
-        # column reduction (its weight gradient) reading one chain give the chain to the row.
-        for rows_first in (True, False):
-            for n in self.nodes:
-                g = self.group.get(n)
-                if g is None:
-                    continue
-                if rows_first and g.rdims is not None and (len(g.domain) - 1) not in g.rdims:
-                    continue
-                for p in n.all_input_nodes:
-                    pg = self.group.get(p)
-                    if pg is None or pg is self.group[n]:
-                        continue
-                    why = self.try_merge(pg, self.group[n])
-                    if why:
-                        failed.setdefault(n, why)
-        # horizontal: groups over the same domain that read one tensor (directly or through
-        # views: the q, k, v copies of one projection) become one kernel with several outputs
-        readers: dict[torch.fx.Node, list[_Group]] = {}
-        for n in self.nodes:
-            g = self.group.get(n)
-            if g is None:
-                continue
-            for a in n.all_input_nodes:
-                base = self._base(a)
-                lst = readers.setdefault(base, [])
-                if all(g is not h for h in lst):
-                    lst.append(g)
-        for lst in readers.values():
-            for g in lst[1:]:
-                first = self.group[lst[0].members[0]]
-                cur = self.group[g.members[0]]
-                if cur is first or cur.domain != first.domain or cur.rdims != first.rdims:
-                    continue
-                self.try_merge(first, cur)
-        groups = []
-        seen = set()
-        for n in self.nodes:
-            g = self.group.get(n)
-            if g is not None and id(g) not in seen:
-                seen.add(id(g))
-                g.members.sort(key=self.index.__getitem__)
-                groups.append(g)
-        self.failed = failed
-        return groups
 
 
 # --------------------------------------------------------------------------- naming & costs
@@ -473,50 +244,12 @@ def _is_named(c: str) -> bool:
     return c in _NAMED or c.removesuffix("_backward") in _NAMED
 
 
-def node_tensors(node) -> list[torch.Tensor]:
-    """The (fake) tensor(s) a node produces, from its ``meta["val"]``."""
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    vals = val if isinstance(val, (list, tuple)) else [val]
-    return [v for v in vals if isinstance(v, torch.Tensor)]
-
-
-def tensor_bytes(node) -> int:
-    """Bytes of the tensor(s) a node produces (a multi-output node: all of them)."""
-    total = 0
-    for v in node_tensors(node):
-        try:
-            total += v.numel() * v.dtype.itemsize
-        except TypeError:  # symbolic sizes
-            pass
-    return total
-
-
-def node_reads_writes(node: torch.fx.Node) -> tuple[int, int]:
-    """Modeled (bytes read, bytes written) of one node run as its own kernel."""
-    if ops.kind_of(node) == "getitem":
-        return 0, 0
-    reads = sum(tensor_bytes(a) for a in dict.fromkeys(node.all_input_nodes))
-    return reads, tensor_bytes(node)
-
-
-def node_traffic(node: torch.fx.Node) -> int:
-    """Modeled bytes one node moves when it runs as its own kernel: reads + writes."""
-    return sum(node_reads_writes(node))
-
-
-def _costs(members, inputs, outputs) -> tuple[int, int, int]:
-    kernels = sum(1 for m in members if ops.launches_kernel(ops.kind_of(m)))
-    unfused = sum(node_traffic(m) for m in members)
-    fused = sum(tensor_bytes(i) for i in inputs) + sum(tensor_bytes(o) for o in outputs)
-    return kernels, unfused, fused
-
-
 # --------------------------------------------------------------------------- entry point
 
 
 def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[Candidate], dict]:
     """Candidates of one captured graph and reasons for the nodes left out."""
-    finder = _Finder(graph)
+    finder = GroupFinder(graph)
     groups = finder.run()
     counts: dict[str, int] = {}
     result = []
@@ -546,7 +279,7 @@ def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[C
         pattern = pattern_name(members, graph.kind == "backward", graph.nodes)
         k = counts.get(pattern, 0)
         counts[pattern] = k + 1
-        kernels_unfused, bu, bf = _costs(members, inputs, outputs)
+        kernels_unfused, bu, bf = group_costs(members, inputs, outputs)
         mods = []
         for m in members:
             mod = graph.nodes[m.name].module

@@ -22,35 +22,15 @@ import torch.fx
 
 from . import ops
 from ._env import debug
+from .facts import NodeInfo, node_facts
+from .facts import normalize_module_path as normalize_module_path  # re-exported
 
 
 class CaptureError(RuntimeError):
     """The model or its inputs cannot be captured; the message says why."""
 
 
-# --------------------------------------------------------------------------- node facts
-
-
-@dataclass
-class NodeInfo:
-    """What fusionlab knows about one FX node."""
-
-    name: str
-    op: str  # "aten.add.Tensor", "placeholder", "output", "getitem"
-    kind: str  # ops kind: pointwise/reduction/view/matmul/opaque/placeholder/output
-    shape: tuple[int, ...] | None
-    dtype: torch.dtype | None
-    stride: tuple[int, ...] | None
-    nbytes: int
-    module: str  # "h.0.mlp.act" ("" when unknown)
-    source: str  # "model.py:42  x = self.act(x)" ("" when unknown)
-    module_type: str = ""  # class of that module, "GELU" ("" when unknown)
-
-    def __repr__(self) -> str:
-        shape = "x".join(map(str, self.shape)) if self.shape is not None else "-"
-        dt = str(self.dtype).replace("torch.", "") if self.dtype is not None else ""
-        where = f"  [{self.module}]" if self.module else ""
-        return f"{self.name} = {self.op} {dt}[{shape}] ({self.kind}){where}"
+# --------------------------------------------------------------------------- graphs
 
 
 @dataclass
@@ -153,118 +133,10 @@ class Capture:
         )
 
 
-# --------------------------------------------------------------------------- facts
-
-
-_MODULE_KEY = re.compile(r"^L\['[^']*'\]\.?|^L\[\"[^\"]*\"\]\.?")
-
-
-def normalize_module_path(path: str) -> str:
-    """Dynamo's "L['self'].h[0].mlp.act" -> "h.0.mlp.act"."""
-    path = _MODULE_KEY.sub("", path)
-    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
-    path = re.sub(r"_modules\['([^']*)'\]", r"\1", path)
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    path = re.sub(r"\['([^']*)'\]", r".\1", path)
-    path = path.strip(".")
-    if path == "self":
-        return ""
-    if path.startswith("self."):
-        path = path[5:]
-    return path
-
-
-def _module_type_of(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
-    if not stack:
-        return ""
-    _path, cls = list(stack.values())[-1]
-    name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].strip("'>")
-    return "" if name == "_TrainStep" else name
-
-
-def _module_of(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
-    if not stack:
-        return ""
-    path, _cls = list(stack.values())[-1]
-    path = normalize_module_path(str(path))
-    # the capture wraps the user's model in `_TrainStep.model`
-    if path == "model":
-        return ""
-    if path.startswith("model."):
-        path = path[6:]
-    return path
-
-
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
-
-
-def _source_of(node: torch.fx.Node) -> str:
-    trace = node.meta.get("stack_trace")
-    if not trace:
-        return ""
-    frames = _FRAME.findall(trace)
-    frames = [f for f in frames if "fusionlab/capture.py" not in f[0]]
-    if not frames:
-        return ""
-    file, line, _fn, code = frames[-1]
-    return f"{file.rsplit('/', 1)[-1]}:{line}  {code.strip()}"
-
-
-def _tensor_meta(val: Any):
-    if isinstance(val, torch.Tensor):
-        try:
-            shape = tuple(int(s) for s in val.shape)
-            stride = tuple(int(s) for s in val.stride())
-        except (TypeError, RuntimeError):  # symbolic sizes
-            return None, val.dtype, None, 0
-        nbytes = val.dtype.itemsize * _numel(shape)
-        return shape, val.dtype, stride, nbytes
-    return None, None, None, 0
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def node_facts(gm: torch.fx.GraphModule) -> dict[str, NodeInfo]:
-    """NodeInfo for every node of an ATen graph, keyed by node name."""
-    by_seq: dict[int, torch.fx.Node] = {}
-    for n in gm.graph.nodes:
-        if "seq_nr" in n.meta and (n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack")):
-            by_seq.setdefault(n.meta["seq_nr"], n)
-    facts = {}
-    for n in gm.graph.nodes:
-        shape, dtype, stride, nbytes = _tensor_meta(n.meta.get("val"))
-        module = _module_of(n)
-        module_type = _module_type_of(n)
-        has_stack = bool(n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack"))
-        if not module and not has_stack and "seq_nr" in n.meta and n.meta["seq_nr"] in by_seq:
-            module = _module_of(by_seq[n.meta["seq_nr"]])
-            module_type = _module_type_of(by_seq[n.meta["seq_nr"]])
-        facts[n.name] = NodeInfo(
-            name=n.name,
-            op=ops.op_name(n),
-            kind=ops.kind_of(n),
-            shape=shape,
-            dtype=dtype,
-            stride=stride,
-            nbytes=nbytes,
-            module=module,
-            source=_source_of(n),
-            module_type=module_type,
-        )
-    return facts
-
-
 # --------------------------------------------------------------------------- capture
 
 
-class _TrainStep(torch.nn.Module):
+class TrainStep(torch.nn.Module):
     """model(*inputs) followed by the loss, traced as one program."""
 
     def __init__(self, model: Callable, loss_fn: Callable | None, train: bool):
@@ -285,7 +157,7 @@ class _TrainStep(torch.nn.Module):
 _FRESH = [0]
 
 
-def fresh_entry(step: _TrainStep) -> Callable:
+def fresh_entry(step: TrainStep) -> Callable:
     """``step.forward`` with a code object of its own.
 
     Dynamo caches compiled graphs per code object and, with nn modules inlined, its guards
@@ -295,7 +167,7 @@ def fresh_entry(step: _TrainStep) -> Callable:
     import types
 
     _FRESH[0] += 1
-    fn = _TrainStep.forward
+    fn = TrainStep.forward
     code = fn.__code__.replace(co_name=f"fusionlab_step_{_FRESH[0]}")
     fresh = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
     return types.MethodType(fresh, step)
@@ -334,7 +206,9 @@ def _model_name(model: Any) -> str:
     return getattr(model, "__name__", type(model).__name__)
 
 
-def _check_inputs(model: Any, inputs: tuple) -> None:
+def check_inputs(model: Any, inputs: tuple) -> None:
+    """Raise CaptureError unless `model` is callable and `inputs` are tensors (or numbers, or
+    lists of tensors) on one device, the device of the model's parameters."""
     if not (isinstance(model, torch.nn.Module) or callable(model)):
         raise CaptureError(
             f"fusionlab.capture needs a torch.nn.Module or a callable, got {type(model).__name__}"
@@ -370,29 +244,28 @@ def _check_inputs(model: Any, inputs: tuple) -> None:
 
 @contextlib.contextmanager
 def preserved_state(model: Any):
-    """Restore parameters' grads, buffers, train/eval mode and RNG state on exit."""
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    """Restore parameters' grads, buffers, train/eval mode and RNG state on exit.
+
+    The RNG state (CPU and every CUDA device) is ``torch.random.fork_rng``'s to restore.
+    """
     module = model if isinstance(model, torch.nn.Module) else None
     if module is not None:
         was_training = {m: m.training for m in module.modules()}
         grads = {p: p.grad for p in module.parameters()}
         buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        if module is not None:
-            with torch.no_grad():
-                for m, t in was_training.items():
-                    m.training = t
-                for p, g in grads.items():
-                    p.grad = g
-                for name, b in module.named_buffers():
-                    if name in buffers:
-                        b.copy_(buffers[name])
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            if module is not None:
+                with torch.no_grad():
+                    for m, t in was_training.items():
+                        m.training = t
+                    for p, g in grads.items():
+                        p.grad = g
+                    for name, b in module.named_buffers():
+                        if name in buffers:
+                            b.copy_(buffers[name])
 
 
 def aten_backend(on_graph: Callable[[str, torch.fx.GraphModule, list], Any]):
@@ -434,7 +307,7 @@ def capture(
     only the inference graph is captured (under ``torch.no_grad``). Graph breaks give
     several graphs; ``Capture.breaks`` says where and why dynamo broke.
     """
-    _check_inputs(model, example_inputs)
+    check_inputs(model, example_inputs)
     from torch._dynamo.backends.debugging import ExplainWithBackend
 
     graphs: list[CapturedGraph] = []
@@ -446,7 +319,7 @@ def capture(
         graphs.append(CapturedGraph(index=index, kind=kind, gm=gm, nodes=node_facts(gm)))
         return None
 
-    step = _TrainStep(model, loss_fn, train)
+    step = TrainStep(model, loss_fn, train)
     explain = ExplainWithBackend(aten_backend(on_graph))
     start = time.perf_counter()
     with preserved_state(model):

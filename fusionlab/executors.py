@@ -45,6 +45,7 @@ from .check import (
     random_tensor,
     special_tensor,
 )
+from .fxgraph import copy_graph
 from .kernels.kernel import KernelStatus, extract_subgraph
 
 # kernel calls in Inductor's generated ``call`` function
@@ -367,15 +368,6 @@ def _effective_users(node: torch.fx.Node, kinds: dict[str, str]) -> list[torch.f
     return out
 
 
-def _copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
-    """New nodes with the same names and their own meta dicts (values shared, not copied)."""
-    new = torch.fx.Graph()
-    env: dict = {}
-    out = new.graph_copy(graph, env)
-    new.output(out)
-    return new
-
-
 class InductorGraphExecutor(InductorGroupExecutor):
     """Each graph compiled *whole* by Inductor, which may fuse only inside the selected groups.
 
@@ -452,7 +444,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
 
         # a copy: Inductor's passes change the graph they compile, and the backend's fallback
         # (calling the separately compiled groups) needs `gm` as it came
-        gm = torch.fx.GraphModule(gm, _copy_graph(gm.graph))
+        gm = torch.fx.GraphModule(gm, copy_graph(gm.graph))
         kinds = {n.name: kind_of(n) for n in gm.graph.nodes}
         compute = {n for n, k in kinds.items() if k in ("pointwise", "reduction", "matmul", "opaque")}
         group_of = {n: c.id for c in chosen for n in c.nodes}

@@ -13,9 +13,11 @@ import html
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import ops
-from .candidates import Candidate, Candidates, _fmt_bytes, find_candidates, node_traffic
+from .candidates import Candidate, Candidates, find_candidates
 from .capture import Capture
+from .cost import step_kernels
+from .fxgraph import contracted_cycle
+from .nodecost import fmt_bytes
 
 
 class PlanError(ValueError):
@@ -48,11 +50,11 @@ class PlanSummary:
             f"{self.selected} of {self.candidates} candidates selected",
             f"kernels per step: {self.kernels_before} -> {self.kernels_after} "
             f"(non-matmul {self.nonmatmul_before} -> {self.nonmatmul_after}; {self.matmul_kernels} matmul)",
-            f"bytes moved per step (modeled): {_fmt_bytes(self.bytes_before)} -> {_fmt_bytes(self.bytes_after)}"
+            f"bytes moved per step (modeled): {fmt_bytes(self.bytes_before)} -> {fmt_bytes(self.bytes_after)}"
             + (f" ({self.bytes_after / self.bytes_before:.0%})" if self.bytes_before else ""),
         ]
         for tag, (kb, ka, bb, ba) in self.per_graph.items():
-            lines.append(f"  {tag:5} kernels {kb:4d} -> {ka:4d}   bytes {_fmt_bytes(bb):>10} -> {_fmt_bytes(ba):>10}")
+            lines.append(f"  {tag:5} kernels {kb:4d} -> {ka:4d}   bytes {fmt_bytes(bb):>10} -> {fmt_bytes(ba):>10}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -75,9 +77,6 @@ class FusionPlan:
         self._selected: dict[str, Candidate] = {}
         self.skipped: list[tuple[str, str]] = []  # (id, why) left out by select_all
         self._owner: dict[tuple[str, str], str] = {}  # (graph, node) -> candidate id
-        self._index = {
-            g.tag: {n.name: i for i, n in enumerate(g.gm.graph.nodes)} for g in capture.graphs
-        }
         self._users = {
             g.tag: {n.name: [u.name for u in n.users] for n in g.gm.graph.nodes} for g in capture.graphs
         }
@@ -179,71 +178,27 @@ class FusionPlan:
 
     def _find_cycle(self, tag: str, owner: dict) -> list[str] | None:
         """Contract each selected group to one vertex; return the ids on a cycle, if any."""
-        users = self._users[tag]
-        index = self._index[tag]
-
-        def vertex(name: str) -> str:
-            return owner.get((tag, name), name)
-
-        succ: dict[str, set[str]] = {}
-        for name, us in users.items():
-            v = vertex(name)
-            for u in us:
-                w = vertex(u)
-                if w != v:
-                    succ.setdefault(v, set()).add(w)
-        # Kahn's algorithm over the contracted graph
-        indeg: dict[str, int] = {}
-        verts = {vertex(n) for n in index}
-        for v in verts:
-            indeg.setdefault(v, 0)
-        for ws in succ.values():
-            for w in ws:
-                indeg[w] = indeg.get(w, 0) + 1
-        queue = [v for v in verts if indeg[v] == 0]
-        seen = 0
-        while queue:
-            v = queue.pop()
-            seen += 1
-            for w in succ.get(v, ()):
-                indeg[w] -= 1
-                if indeg[w] == 0:
-                    queue.append(w)
-        if seen == len(verts):
+        mine = {name: cid for (g, name), cid in owner.items() if g == tag}
+        cycle = contracted_cycle(self._users[tag], mine)
+        if cycle is None:
             return None
-        return sorted({v for v in verts if indeg[v] > 0 and v in self._selected_ids(owner)})
-
-    @staticmethod
-    def _selected_ids(owner: dict) -> set[str]:
-        return set(owner.values())
+        ids = set(mine.values())
+        return sorted(v for v in cycle if v in ids)
 
     # ------------------------------------------------------------------ summary
 
     def summary(self) -> PlanSummary:
+        """Kernels and bytes per step before and after the plan, from :func:`fusionlab.cost.step_kernels`."""
+        before = step_kernels(self.capture, [])
+        after = step_kernels(self.capture, list(self._selected.values()))
+        b_graph, a_graph = before.by_graph(), after.by_graph()
         per_graph = {}
-        kb = ka = mm = bb = ba = 0
-        sel_by_graph: dict[str, list[Candidate]] = {}
-        for c in self._selected.values():
-            sel_by_graph.setdefault(c.graph, []).append(c)
         for g in self.capture.graphs:
-            k_before = 0
-            b_before = 0
-            for n in g.gm.graph.nodes:
-                kind = g.nodes[n.name].kind
-                if ops.launches_kernel(kind):
-                    k_before += 1
-                    b_before += node_traffic(n)
-                    if kind == "matmul":
-                        mm += 1
-            sel = sel_by_graph.get(g.tag, [])
-            k_after = k_before - sum(c.kernels_unfused - 1 for c in sel)
-            b_after = b_before - sum(c.bytes_saved for c in sel)
-            per_graph[g.tag] = (k_before, k_after, b_before, b_after)
-            kb += k_before
-            ka += k_after
-            bb += b_before
-            ba += b_after
-        return PlanSummary(kb, ka, mm, bb, ba, len(self._selected), len(self.candidates), per_graph)
+            kb, bb = b_graph.get(g.tag, (0, 0))
+            ka, ba = a_graph.get(g.tag, (0, 0))
+            per_graph[g.tag] = (kb, ka, bb, ba)
+        return PlanSummary(before.launches, after.launches, before.matmul_launches, before.bytes, after.bytes,
+                           len(self._selected), len(self.candidates), per_graph)
 
     # ------------------------------------------------------------------ later stages
 
@@ -277,14 +232,14 @@ class FusionPlan:
         lines = [f"FusionPlan({self.capture.model_name}: {len(self._selected)}/{len(self.candidates)} selected)"]
         for c in self.candidates:
             mark = "x" if c.id in self._selected else " "
-            lines.append(f"  [{mark}] {c.id:34} {c.kernels_unfused:3d}->1  saves {_fmt_bytes(c.bytes_saved)}")
+            lines.append(f"  [{mark}] {c.id:34} {c.kernels_unfused:3d}->1  saves {fmt_bytes(c.bytes_saved)}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{'&#9745;' if c.id in self._selected else '&#9744;'}</td>"
             f"<td><code>{html.escape(c.id)}</code></td><td>{c.kernels_unfused}&rarr;1</td>"
-            f"<td>{_fmt_bytes(c.bytes_saved)}</td><td>{html.escape(', '.join(c.modules[:3]))}</td></tr>"
+            f"<td>{fmt_bytes(c.bytes_saved)}</td><td>{html.escape(', '.join(c.modules[:3]))}</td></tr>"
             for c in self.candidates
         )
         return (

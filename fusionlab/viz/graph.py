@@ -152,7 +152,7 @@ def graph_dot(capture_graph, candidates=None, selected=(), max_nodes: int = 400,
 
 
 def _fmt_bytes(n: float) -> str:
-    from ..candidates import _fmt_bytes as fmt
+    from ..nodecost import fmt_bytes as fmt
 
     return fmt(n)
 
