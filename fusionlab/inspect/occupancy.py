@@ -27,22 +27,13 @@ class SMLimits:
     max_regs_per_thread: int = 255
 
 
+# sm_86 and sm_89 (consumer and workstation parts) share smaller SMs than the datacenter ones
+_SMALL_SM = {"max_warps_per_sm": 48, "smem_per_sm": 100 * 1024, "max_smem_per_block": 99 * 1024}
+
 SM_LIMITS: dict[int, SMLimits] = {
     80: SMLimits("A100 class (sm_80)"),
-    86: SMLimits(
-        "RTX 30 class (sm_86)",
-        max_warps_per_sm=48,
-        max_blocks_per_sm=16,
-        smem_per_sm=100 * 1024,
-        max_smem_per_block=99 * 1024,
-    ),
-    89: SMLimits(
-        "L4/L40/RTX 40 class (sm_89)",
-        max_warps_per_sm=48,
-        max_blocks_per_sm=24,
-        smem_per_sm=100 * 1024,
-        max_smem_per_block=99 * 1024,
-    ),
+    86: SMLimits("RTX 30 class (sm_86)", max_blocks_per_sm=16, **_SMALL_SM),
+    89: SMLimits("L4/L40/RTX 40 class (sm_89)", max_blocks_per_sm=24, **_SMALL_SM),
     90: SMLimits("H100/H200 class (sm_90)", smem_per_sm=228 * 1024, max_smem_per_block=227 * 1024),
 }
 

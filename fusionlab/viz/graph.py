@@ -14,6 +14,8 @@ import html
 import re
 import shutil
 
+from ..nodecost import fmt_bytes
+
 KIND_STYLE = {
     "pointwise": {"fillcolor": "#dbeafe", "color": "#2563eb"},
     "reduction": {"fillcolor": "#fde68a", "color": "#b45309"},
@@ -37,7 +39,7 @@ def short_op(op: str) -> str:
     return parts[1] if len(parts) >= 2 and parts[0] in ("aten", "prims") else op
 
 
-def _shape_text(info) -> str:
+def shape_text(info) -> str:
     if info.shape is None:
         return ""
     dt = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "int64": "i64", "bool": "b8"}
@@ -120,7 +122,7 @@ def graph_dot(capture_graph, candidates=None, selected=(), max_nodes: int = 400,
     def add_node(g, n):
         info = graph.nodes[n.name]
         style = dict(KIND_STYLE.get(info.kind, KIND_STYLE["opaque"]))
-        label = f"{short_op(info.op)}\n{n.name} {_shape_text(info)}".strip()
+        label = f"{short_op(info.op)}\n{n.name} {shape_text(info)}".strip()
         tip = repr(info) + (f"\n{info.source}" if info.source else "")
         if n.name in outputs:
             style["peripheries"] = "2"
@@ -139,7 +141,7 @@ def graph_dot(capture_graph, candidates=None, selected=(), max_nodes: int = 400,
             continue
         with dot.subgraph(name=f"cluster_{i}") as sub:
             on = c.id in sel
-            saved = _fmt_bytes(c.bytes_saved)
+            saved = fmt_bytes(c.bytes_saved)
             sub.attr(label=f"{'[x] ' if on else ''}{c.id}\n{c.kernels_unfused} kernels -> 1, "
                            f"saves {saved} (modeled)",
                      fontsize="10", fontcolor=SELECTED["color"] if on else "#374151",
@@ -150,11 +152,6 @@ def graph_dot(capture_graph, candidates=None, selected=(), max_nodes: int = 400,
         dot.edge(src, dst, style="dashed" if dashed else "solid")
     return dot
 
-
-def _fmt_bytes(n: float) -> str:
-    from ..nodecost import fmt_bytes as fmt
-
-    return fmt(n)
 
 
 def has_dot() -> bool:
@@ -218,7 +215,7 @@ def fallback_html(graph, candidates, selected, dot_source: str) -> str:
         items.append(
             f'<li class="fl-cluster" data-candidate="{html.escape(c.id)}">{mark} '
             f"<b>{html.escape(c.id)}</b>: {c.kernels_unfused} kernels -> 1, saves "
-            f"{_fmt_bytes(c.bytes_saved)} (modeled)<ul>{nodes}</ul></li>"
+            f"{fmt_bytes(c.bytes_saved)} (modeled)<ul>{nodes}</ul></li>"
         )
     body = "".join(items) or "<li>no candidates in this graph</li>"
     return (

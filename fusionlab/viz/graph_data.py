@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .graph import KIND_STYLE, SELECTED, UNSELECTED, _shape_text, short_op
+from ..nodecost import fmt_bytes
+from .graph import KIND_STYLE, SELECTED, UNSELECTED, shape_text, short_op
 
 OPEN_ALL = 150  # a graph with at most this many drawn nodes opens fully expanded
 OPEN_LIMIT = 80  # otherwise modules open, largest first, while this many items show
@@ -29,11 +30,6 @@ def ancestors(path: str) -> list[str]:
     parts = path.split(".") if path else []
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
-
-def _fmt_bytes(n: float) -> str:
-    from ..candidates import _fmt_bytes as fmt
-
-    return fmt(n)
 
 
 def _q(s: str) -> str:
@@ -60,7 +56,7 @@ class NodeItem:
 
     def info(self) -> dict:
         return {"type": "op", "name": self.name, "op": self.op, "kind": self.kind, "shape": self.shape,
-                "bytes": _fmt_bytes(self.nbytes), "module": self.origin, "source": self.source,
+                "bytes": fmt_bytes(self.nbytes), "module": self.origin, "source": self.source,
                 "candidate": self.candidate, "why_not": self.why_not, "output": self.output}
 
 
@@ -97,7 +93,7 @@ class GraphData:
             )
             why = "" if n.name in owner else (reason(graph.tag, n.name) or "")
             nodes[n.name] = NodeItem(
-                n.name, info.op, info.kind, _shape_text(info), info.nbytes, module, info.source,
+                n.name, info.op, info.kind, shape_text(info), info.nbytes, module, info.source,
                 owner.get(n.name, ""), why, n.name in outputs, hidden, info.module,
             )
             inputs[n.name] = [a.name for a in n.all_input_nodes]
@@ -114,7 +110,7 @@ class GraphData:
                     nodes[n].module = home
         data = cls(graph.tag, graph.kind, nodes, inputs, {
             c.id: {"pattern": c.pattern, "nodes": list(c.nodes), "kernels": c.kernels_unfused,
-                   "saves": _fmt_bytes(c.bytes_saved)}
+                   "saves": fmt_bytes(c.bytes_saved)}
             for c in cands
         })
         data._build_modules(graph)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .models import (
     GPT2MLP,
@@ -201,31 +202,26 @@ def _build_cnn_bn(seed: int, batch: int) -> ZooModel:
     )
 
 
-def _build_gpt2_block(seed: int, batch: int) -> ZooModel:
+def _build_block(name: str, make: Callable[[], nn.Module], seed: int, batch: int, doc: str) -> ZooModel:
+    """A transformer block on (batch, 64, 128) activations, trained on mean-square loss."""
     with _fork_rng(seed):
-        model = GPT2Block(n_embd=128, n_head=4, max_seq=64)
+        model = make()
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, 64, 128, generator=gen)
-    return ZooModel(
-        "gpt2-block",
-        model,
-        (x,),
-        mean_square_loss,
+    return ZooModel(name, model, (x,), mean_square_loss, doc)
+
+
+def _build_gpt2_block(seed: int, batch: int) -> ZooModel:
+    return _build_block(
+        "gpt2-block", lambda: GPT2Block(n_embd=128, n_head=4, max_seq=64), seed, batch,
         "hand-written GPT-2 pre-LN block (C=128, 4 heads, T=64): LayerNorm, causal "
         "softmax attention, tanh-GELU MLP",
     )
 
 
 def _build_llama_block(seed: int, batch: int) -> ZooModel:
-    with _fork_rng(seed):
-        model = LlamaBlock(dim=128, n_head=4, hidden=344, max_seq=64)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, 64, 128, generator=gen)
-    return ZooModel(
-        "llama-block",
-        model,
-        (x,),
-        mean_square_loss,
+    return _build_block(
+        "llama-block", lambda: LlamaBlock(dim=128, n_head=4, hidden=344, max_seq=64), seed, batch,
         "hand-written Llama block (dim=128, 4 heads, T=64): RMSNorm, RoPE causal softmax "
         "attention, SwiGLU MLP (hidden=344), no biases",
     )

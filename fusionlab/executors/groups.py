@@ -1,0 +1,259 @@
+"""The per-group executor: each selected group compiled alone by Inductor and checked against eager
+(see the package docstring)."""
+
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+
+import torch
+import torch.fx
+
+from ..candidates import Candidate
+from ..capture import CapturedGraph
+from ..check import (
+    TOLERANCES,  # noqa: F401 - the table the group checks hold Inductor to (tests check it is the one)
+    CheckResult,
+    check_outputs,
+    float64_reference,
+    random_tensor,
+    special_tensor,
+)
+from ..kernels.kernel import KernelStatus, extract_subgraph
+
+# kernel calls in Inductor's generated ``call`` function
+_CALL_LINE = re.compile(
+    r"^\s+(?:(cpp_fused_\w+)\(|(triton_\w+)\.run\(|extern_kernels\.(\w+)\(|(aoti_torch_\w+)\()", re.M
+)
+
+
+def count_generated_kernels(source: str) -> int:
+    """Kernel launches per call in Inductor generated wrapper code (fused kernels + library calls)."""
+    start = source.find("def call(")
+    if start < 0:
+        return 0
+    end = source.find("\ndef ", start + 1)
+    end2 = source.find("\nrunner = ", start + 1)
+    ends = [e for e in (end, end2) if e > 0]
+    body = source[start: min(ends)] if ends else source[start:]
+    return len(_CALL_LINE.findall(body))
+
+
+class CompiledGroup:
+    """One group compiled alone by Inductor: ``group(*inputs) -> tuple of outputs``."""
+
+    def __init__(self, name: str, fn, kernels: int, seconds: float, source: str, boxed: bool, how: str):
+        self.name = name
+        self.fn = fn  # boxed: fn(list of inputs); else fn(*inputs)
+        self.kernels = kernels  # kernels the compiled group launches per call
+        self.seconds = seconds  # compile time (0 when reused from this process)
+        self.source = source  # Inductor's generated wrapper + kernel code
+        self.boxed = boxed
+        self.how = how  # "compile_fx_inner" | "compile_fx"
+        self.fast = False  # call the generated code directly (set once a first call went through fn)
+        self.__name__ = name
+
+    def __call__(self, *args):
+        if self.boxed:
+            fn = self._fast or self.fn
+            if _profiling():
+                with _record(f"fusionlab group {self.name}"):
+                    return fn(list(args))
+            return fn(list(args))
+        return self.fn(*args)
+
+    @property
+    def _fast(self):
+        """The generated ``call(args)`` itself, skipping CompiledFxGraph's per-call bookkeeping
+        (autotune-cache bundling and runtime metrics, neither of which a CPU group uses)."""
+        return getattr(self.fn, "current_callable", None) if self.fast else None
+
+    def copy(self) -> CompiledGroup:
+        g = CompiledGroup(self.name, self.fn, self.kernels, 0.0, self.source, self.boxed, self.how)
+        g.fast = self.fast
+        return g
+
+    def __repr__(self) -> str:
+        return f"<CompiledGroup {self.name}: {self.kernels} kernel(s), via {self.how}>"
+
+
+def _compile_group(sub: torch.fx.GraphModule, examples: list[torch.Tensor], name: str) -> CompiledGroup:
+    """Inductor-compile one ATen subgraph (already decomposed, functional) for `examples`.
+
+    ``compile_fx_inner`` takes the graph as it is (no second AOTAutograd pass, so no runtime
+    wrappers around every call); the node metas are re-derived under a fresh fake mode.
+    Falls back to the full ``compile_fx`` where that fails.
+    """
+    import copy
+
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    start = time.perf_counter()
+    try:
+        gm = copy.deepcopy(sub)
+        mode = FakeTensorMode()
+        fake = [mode.from_tensor(x, static_shapes=True) for x in examples]
+        FakeTensorProp(gm, mode).propagate(*fake)
+        with torch._guards.tracing(torch._guards.TracingContext(mode)):
+            out = compile_fx_inner(gm, fake)
+        source = getattr(out, "source_code", "") or ""
+        return CompiledGroup(name, out, count_generated_kernels(source), time.perf_counter() - start,
+                             source, True, "compile_fx_inner")
+    except Exception as e:  # noqa: BLE001 - the general path below handles more graphs
+        from .._env import debug
+
+        debug(1, f"compile_fx_inner failed for {name} ({type(e).__name__}: {e}); using compile_fx")
+    outputs: list = []
+
+    def inner(gm, example_inputs, **kw):
+        res = compile_fx_inner(gm, example_inputs, **kw)
+        outputs.append(res)
+        return res
+
+    start = time.perf_counter()
+    fn = compile_fx(sub, examples, inner_compile=inner)
+    source = "\n\n".join(getattr(o, "source_code", "") or "" for o in outputs)
+    return CompiledGroup(name, fn, count_generated_kernels(source), time.perf_counter() - start,
+                         source, False, "compile_fx")
+
+
+def _profiling() -> bool:
+    return bool(getattr(torch.autograd.profiler, "_is_profiler_enabled", False))
+
+
+def _record(name: str):
+    fast = getattr(torch._C._profiler, "_RecordFunctionFast", None)
+    return fast(name) if fast is not None else torch.profiler.record_function(name)
+
+
+@contextlib.contextmanager
+def _outside_compile():
+    """Real tensors and no enclosing dynamo tracing context: a fresh, independent compile.
+
+    The backend calls executors from inside another torch.compile (AOTAutograd's fake
+    tensor mode and tracing context are active); Inductor must not see either.
+    """
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(unset_fake_temporarily())
+        stack.enter_context(torch._guards.tracing(None))
+        stack.enter_context(torch.no_grad())
+        yield
+
+
+def _input_meta(graph: CapturedGraph, cand: Candidate) -> list[tuple]:
+    nodes = {n.name: n for n in graph.gm.graph.nodes}
+    metas = []
+    for name in cand.inputs:
+        val = nodes[name].meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise ValueError(f"group input {name} is not a tensor ({type(val).__name__})")
+        metas.append((name, tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()),
+                      val.dtype, val.device))
+    return metas
+
+
+class InductorGroupExecutor:
+    """Compile each selected group alone with Inductor; check it against eager; use it if it matches.
+
+    ``executor = InductorGroupExecutor(); plan.compile(model, executor=executor)``.
+    ``executor.groups`` maps candidate ids to their :class:`CompiledGroup` (generated
+    code, kernel count, compile time). Compiled groups are kept per process, keyed by the
+    subgraph's code and its input shapes, strides and dtypes, so a second profile of the
+    same plan compiles nothing.
+    """
+
+    name = "inductor-cpp (per group)"
+    _cache: dict[tuple, CompiledGroup] = {}
+
+    def __init__(self, *, validate: bool = True, seed: int = 0, trials: int = 2):
+        self.validate = validate
+        self.seed = seed
+        self.trials = trials
+        self.groups: dict[str, CompiledGroup] = {}
+        self.statuses: list[KernelStatus] = []
+
+    def __repr__(self) -> str:
+        return f"<InductorGroupExecutor: {len(self.groups)} groups compiled>"
+
+    def describe(self) -> str:
+        return ("each selected group is compiled alone by Inductor (C++), checked against eager, and "
+                "called from the FX graph's Python code; every other op runs as in eager")
+
+    def __call__(self, cand: Candidate, graph: CapturedGraph):
+        try:
+            fn, status = self._build(cand, graph)
+        except Exception as e:  # noqa: BLE001 - a group that cannot compile runs unfused
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            fn, status = None, KernelStatus(cand.id, "", False, f"inductor compile failed: {type(e).__name__}: {msg}")
+        self.statuses.append(status)
+        return fn, status
+
+    def _build(self, cand: Candidate, graph: CapturedGraph):
+        metas = _input_meta(graph, cand)
+        sub = extract_subgraph(graph.gm, cand)
+        key = (sub.code, tuple(m[1:] for m in metas))
+        name = f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"
+        group = self._cache.get(key)
+        with _outside_compile():
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(self.seed)
+            examples = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
+            if group is None:
+                group = _compile_group(sub, examples, name)
+                check = self._check(group, sub, metas, gen, examples) if self.validate else None
+                if check is None or check.ok:
+                    if check is None:
+                        group(*examples)  # the first call goes through CompiledFxGraph.__call__
+                    group.fast = True
+                    self._cache[key] = group
+            else:
+                group = group.copy()
+                check = self._check(group, sub, metas, gen, examples) if self.validate else None
+        self.groups[cand.id] = group
+        if check is not None and not check.ok:
+            return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
+        return group, KernelStatus(cand.id, name, True, "", check)
+
+    def _check(self, group: CompiledGroup, sub: torch.fx.GraphModule, metas, gen, first) -> CheckResult:
+        res = CheckResult(kernel=group.name, ok=False, shapes=tuple(m[1] for m in metas),
+                          executor=self.name)
+        dtypes = {str(m[3]).replace("torch.", "") for m in metas}
+        res.dtype = "/".join(sorted(dtypes))
+        start = time.perf_counter()
+        try:
+            ok = True
+            # random inputs (`first`, then fresh ones), and once more NaN and +-inf, where
+            # eager's rules for them may differ from Inductor's
+            schedule = [(first, False)] + [(None, False)] * (max(1, self.trials) - 1)
+            if any(m[3].is_floating_point for m in metas):
+                schedule.append((None, True))
+            for ins, specials in schedule:
+                if ins is None:
+                    make = special_tensor if specials else random_tensor
+                    ins = [make(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
+                # the same tensors (strides included: a clone of an expanded input is dense);
+                # groups hold no in-place ops, so neither run changes them
+                expected = sub(*ins)
+                got = group(*ins)
+                # as Kernel.check: an output outside tolerance passes when it is no further from
+                # a float64 run than eager is (Inductor keeps fp16/bf16 values in fp32 between
+                # ops, eager rounds after each); with NaN/inf inputs, on the finite elements
+                ok &= check_outputs(res, got, expected, [f"output {i}" for i in range(len(expected))],
+                                    oracle=lambda ins=ins: float64_reference(sub, ins), blowups=specials)
+            res.ok = ok
+        except Exception as e:  # noqa: BLE001 - a failing group is a result
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            res.error = f"{type(e).__name__}: {msg}"
+        res.seconds = time.perf_counter() - start
+        return res
+
+
+def clear_cache() -> None:
+    """Forget every group compiled in this process (Inductor's own disk cache stays)."""
+    InductorGroupExecutor._cache.clear()
