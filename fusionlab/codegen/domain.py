@@ -107,11 +107,13 @@ class Layout:
 
         Only when the rows are one x dim: the kernel then takes each row stride (and the row
         count and length) as an argument, like Triton's tutorial softmax, and costs nothing
-        for it (the JIT specialises an int argument equal to 1 or divisible by 16, the
-        facts the compiler would have read from a constant). With several x dims (a layout
-        that does not coalesce) the x index is split by constant sizes and every stride
-        stays a constant. Strides along the row stay constants too: 1 in the common case,
-        which the compiler needs to know for vector loads.
+        for it on a GPU (the JIT specialises an int argument equal to 1 or divisible by 16,
+        the facts the compiler would have read from a constant; a GPU-target compile by
+        Kernel.inspect gets no such specialisation and may show a few more registers).
+        With several x dims (a layout that does not coalesce) the x index is split by
+        constant sizes and every stride stays a constant. Strides along the row stay
+        constants: 1 in the common case, so a row is one contiguous run in every compile,
+        specialised or not (what vector loads need).
         """
         if not self.rdims or len(self.xdims) != 1:
             return {}
