@@ -220,7 +220,7 @@ def pattern_name(members: list[torch.fx.Node], backward: bool, facts: dict | Non
         named |= is_named
         if name not in comps:
             comps.append(name)
-    if _is_rms_norm(members):
+    if _is_rms_norm(members) and "rms_norm" not in comps:  # not when RMSNorm's module named it already
         at = comps.index("pow") if "pow" in comps else comps.index("mean") if "mean" in comps else 0
         comps.insert(at, "rms_norm")
         named = True

@@ -291,13 +291,18 @@ print(f"modeled: {cand.bytes_unfused:,} B op by op -> {cand.bytes_fused:,} B fus
 ## The generated kernel
 
 Read it next to the graph above: every value is named after its FX node, one op a line, with
-the ATen op in the comment. A program instance owns `XBLOCK` whole rows; a row of 781 is held
-in a block of `RBLOCK = 1024` lanes, and `rmask` keeps the 243 extra lanes out of the max and
-the sum. The launcher below it checks shapes, allocates the output and picks the grid.
+the ATen op in the comment; the module's docstring lists the ATen program it replaces,
+constants included. As in Triton's tutorial, the kernel takes the row count and length
+(`n_rows`, `n_cols`) and each tensor's row stride (`in_x_1_row_stride`: how far apart two rows
+are in memory) as arguments; only the block sizes are `tl.constexpr`. A program instance owns
+`XBLOCK` whole rows; a row of 781 is held in a block of `RBLOCK = 1024` lanes, and `rmask`
+keeps the 243 extra lanes out of the max and the sum. The launcher below it fixes the input's
+layout, allocates the output, picks the grid and passes `x.stride(0)` like the tutorial does.
 """),
     code("""
 ks = generate(cand, graph)
 print(ks.kind)
+print(ks.source[:ks.source.index("import torch")])  # the ATen program it replaces
 print(ks.source[ks.source.index("@triton.jit\\ndef " + ks.name):])
 """),
     md("""
@@ -372,7 +377,7 @@ cand_long = fusionlab.find_candidates(cap_long)[0]
 graph_long = cap_long.graph(cand_long.graph)
 ks_long = generate(cand_long, graph_long, persistent_max=1024)
 print(ks_long.kind)
-print(ks_long.source[ks_long.source.index("@triton.jit\\ndef " + ks_long.name):ks_long.source.index("def _check")])
+print(ks_long.source[ks_long.source.index("@triton.jit\\ndef " + ks_long.name):ks_long.source.index("def _fix_layout")])
 """),
     code("""
 looped = Kernel(ks_long, extract_subgraph(graph_long.gm, cand_long))
@@ -435,7 +440,7 @@ ex.plan.summary()  # the same numbers as the summary tab (modeled)
 cid = ex.plan.selected[0].id
 ex.show_kernel(cid)  # what the 'code' button does: the kernel tab now shows this source
 src = ex.kernel_text
-print(src[src.index("@triton.jit\\ndef fused_"):src.index("def _check")])
+print(src[src.index("@triton.jit\\ndef fused_"):src.index("def _fix_layout")])
 print(ex.check())    # what 'check against PyTorch' does
 """),
     code("""

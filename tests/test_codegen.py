@@ -175,7 +175,7 @@ def test_softmax_one_kernel_and_looped_variant():
     persistent = generate(cands[0], graph)
     looped = generate(cands[0], graph, persistent_max=16)
     assert persistent.kind == "reduction" and looped.kind == "looped_reduction"
-    assert "for roffset in range(0, rnumel, RBLOCK):" in looped.source
+    assert "for roffset in range(0, n_cols, RBLOCK):" in looped.source
     for ks in (persistent, looped):
         res = Kernel(ks, extract_subgraph(graph.gm, cands[0])).check(seed=3)
         assert res.ok, res
@@ -204,7 +204,7 @@ def test_reduction_over_non_last_dims_by_index_math():
     x = torch.randn(3, 5, 7).permute(2, 0, 1)  # non-contiguous
     graph = trace(lambda x: (x * 2).sum([0, 1]) + 1, x)
     (k,) = check_all(graph)
-    assert "rnumel = 21" in k.source.source
+    assert "n_rows, n_cols = 5, 21" in k.source.source
     assert ".contiguous()" not in k.source.source and "clone" not in k.source.source
 
 
@@ -257,6 +257,24 @@ def test_golden_softmax_kernel():
         path.parent.mkdir(exist_ok=True)
         path.write_text(_normalise(ks.source))
     assert _normalise(ks.source) == path.read_text()
+    # the tutorial's form: row length and strides are arguments, block sizes constexpr, and
+    # the ATen program in the docstring keeps its constants
+    assert "in_x_1_row_stride, out_div_row_stride, n_rows, n_cols," in ks.source
+    assert "XBLOCK: tl.constexpr, RBLOCK: tl.constexpr" in ks.source
+    assert "mul = aten.mul.Tensor(x_1, 0.125)" in ks.source
+    assert set(ks.signature) >= {"in_x_1_row_stride", "n_rows", "n_cols"} and "RBLOCK" in ks.constexprs
+
+
+def test_rows_of_any_stride_reach_the_kernel_as_arguments():
+    """A kernel generated for contiguous rows, called on rows with padding and on a transpose:
+    the launcher fixes the layout and passes the row strides; both match eager."""
+    graph = trace(lambda x: torch.softmax(x * 0.5, -1) + 1, torch.randn(6, 40))
+    (k,) = check_all(graph)
+    padded = torch.randn(6, 64)[:, :40]
+    transposed = torch.randn(40, 6).t()
+    for x in (padded, transposed):
+        (y,) = k(x)
+        torch.testing.assert_close(y, torch.softmax(x * 0.5, -1) + 1)
 
 
 def test_kernels_run_when_triton_was_imported_before_fusionlab():

@@ -7,9 +7,12 @@ looped-reduction kernel with its launcher (:mod:`.emit`).
 
 from __future__ import annotations
 
+import torch.fx
+
 from ..candidates import Candidate
 from ..capture import CapturedGraph
-from .emit import PERSISTENT_MAX, emit
+from .emit import emit
+from .launch import PERSISTENT_MAX
 from .lower import KernelIR, LoweringError, lower
 from .source import KernelSource
 
@@ -20,6 +23,25 @@ def kernel_name(candidate: Candidate) -> str:
     """fw0.layer_norm.1 -> fused_fw0_layer_norm_1 (a Python identifier)."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in candidate.id)
     return "fused_" + safe
+
+
+# where a value lives, not what it is: left out of the ATen program a kernel's docstring shows
+_PLACEMENT = {"layout", "device", "pin_memory", "memory_format", "non_blocking"}
+
+
+def aten_args(node) -> str:
+    """The arguments of an FX node as its ATen call reads: nodes by name, constants as
+    written (``pow(x, 2)``, ``add(mean, 1e-06)``, ``sum(exp, [-1], True)``)."""
+
+    def show(a) -> str:
+        if isinstance(a, torch.fx.Node):
+            return a.name
+        if isinstance(a, (list, tuple)):
+            return "[" + ", ".join(show(x) for x in a) + "]"
+        return str(a) if isinstance(a, torch.dtype) else repr(a)
+
+    kwargs = [f"{k}={show(v)}" for k, v in node.kwargs.items() if k not in _PLACEMENT]
+    return ", ".join([show(a) for a in node.args] + kwargs)
 
 
 def generate(
@@ -39,8 +61,7 @@ def generate(
     nodes = {n.name: n for n in graph.gm.graph.nodes}
     for n in candidate.nodes:
         info = graph.nodes[n]
-        args = ", ".join(a.name for a in nodes[n].all_input_nodes)
-        replaces.append(f"{n} = {info.op}({args})" + (f"  # {info.module}" if info.module else ""))
+        replaces.append(f"{n} = {info.op}({aten_args(nodes[n])})" + (f"  # {info.module}" if info.module else ""))
     header = (
         f'"""fusionlab kernel {name}\n\n'
         f"Fuses {len(candidate.nodes)} nodes of graph {candidate.graph} ({candidate.pattern})"

@@ -88,17 +88,37 @@ class Layout:
         lines.reverse()
         return lines
 
-    def offset(self, key: str, cls: str | None = None) -> str:
-        """Element offset of tensor `key` (over x dims only when cls == "x")."""
+    def offset(self, key: str, cls: str | None = None, row_stride: str = "") -> str:
+        """Element offset of tensor `key` (over x dims only when cls == "x"), outermost dim
+        first; `row_stride` names the kernel argument that holds the stride of the one x dim."""
         st = self.strides[key]
         terms = []
         for d, s in zip(self.dims, st):
             if s == 0 or (cls == "x" and d.cls == "r"):
                 continue
-            terms.append(d.name if s == 1 else f"{s} * {d.name}")
-        if not terms:
-            return "0"
-        return " + ".join(reversed(terms))
+            if row_stride and d.cls == "x":
+                terms.append(f"{d.name} * {row_stride}")
+            else:
+                terms.append(d.name if s == 1 else f"{s} * {d.name}")
+        return " + ".join(terms) or "0"
+
+    def row_strides(self) -> dict[str, int]:
+        """Tensor key -> row stride, for the tensors that move along the rows of a reduction.
+
+        Only when the rows are one x dim: the kernel then takes each row stride (and the row
+        count and length) as an argument, like Triton's tutorial softmax, and costs nothing
+        for it on a GPU (the JIT specialises an int argument equal to 1 or divisible by 16,
+        the facts the compiler would have read from a constant; a GPU-target compile by
+        Kernel.inspect gets no such specialisation and may show a few more registers).
+        With several x dims (a layout that does not coalesce) the x index is split by
+        constant sizes and every stride stays a constant. Strides along the row stay
+        constants: 1 in the common case, so a row is one contiguous run in every compile,
+        specialised or not (what vector loads need).
+        """
+        if not self.rdims or len(self.xdims) != 1:
+            return {}
+        at = self.dims.index(self.xdims[0])
+        return {k: st[at] for k, st in self.strides.items() if st[at] != 0}
 
     def varies(self, key: str, cls: str) -> bool:
         return any(s != 0 for d, s in zip(self.dims, self.strides[key]) if d.cls == cls)

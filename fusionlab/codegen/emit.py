@@ -1,4 +1,4 @@
-"""Emission: kernel IR -> readable Triton source and its launcher.
+"""Emission: kernel IR -> readable Triton source (the kernel body, then the whole module).
 
 Three shapes of kernel:
   pointwise           one flat 1-D block of the domain per program
@@ -6,8 +6,9 @@ Three shapes of kernel:
   looped_reduction    rows longer than a block: one loop over the row per level of
                       reductions (softmax: max, then sum), then a last loop for stores
 
-Block sizes are chosen from the shapes: GPU-sized for the code a GPU runs, larger for
-the Triton interpreter, where each program instance costs Python time.
+A reduction kernel takes its row count and length (``n_rows``, ``n_cols``) and, when its
+rows are one dim, each tensor's row stride as arguments, as in Triton's tutorial softmax.
+Block sizes and the launcher are in :mod:`.launch`, the helpers in :mod:`.helpers`.
 """
 
 from __future__ import annotations
@@ -15,95 +16,10 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .domain import next_pow2
+from .domain import INT32_MAX
+from .helpers import helper_source, helpers_used
+from .launch import PERSISTENT_MAX, gpu_configs, kind_of, launch_config, launcher_source
 from .lower import KernelIR, Stmt
-
-PERSISTENT_MAX = 4096  # longest row held in one block (GPU registers)
-GPU_MAX_TILE = 4096  # XBLOCK * RBLOCK for GPU launches of reductions
-INTERP_MAX_TILE = 65536  # elements per program instance in the interpreter
-
-HELPERS = '''
-@triton.jit
-def _max_nan(a, b):
-    # maximum that propagates NaN, like torch.amax / torch.maximum
-    return tl.where((a > b) | (a != a), a, b)
-
-
-@triton.jit
-def _min_nan(a, b):
-    # minimum that propagates NaN, like torch.amin / torch.minimum
-    return tl.where((a < b) | (a != a), a, b)
-
-
-@triton.jit
-def _row_max(x):
-    # max of each row (axis 1) that propagates NaN, like torch.amax
-    m = tl.max(x, 1, keep_dims=True)
-    has_nan = tl.max((x != x).to(tl.int32), 1, keep_dims=True) > 0
-    return tl.where(has_nan, float("nan"), m)
-
-
-@triton.jit
-def _row_min(x):
-    # min of each row (axis 1) that propagates NaN, like torch.amin
-    m = tl.min(x, 1, keep_dims=True)
-    has_nan = tl.max((x != x).to(tl.int32), 1, keep_dims=True) > 0
-    return tl.where(has_nan, float("nan"), m)
-
-
-@triton.jit
-def _round_bf16(x):
-    # fp32 -> the nearest bf16 value (ties to even), still held in fp32: torch rounds this
-    # way, while a plain .to(tl.bfloat16) in the Triton interpreter truncates
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
-    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-
-
-@triton.jit
-def _tanh(x):
-    # 2 sigmoid(2x) - 1 cancels near 0: use the odd series there (error < 3e-8 relative)
-    x2 = x * x
-    series = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
-    return tl.where(tl.abs(x) < 0.125, series, 2.0 * tl.sigmoid(2.0 * x) - 1.0)
-
-
-@triton.jit
-def _pow(x, y):
-    r = tl.exp2(y * tl.log2(tl.abs(x)))
-    y_int = tl.floor(y) == y
-    y_odd = y_int & (tl.floor(y * 0.5) * 2.0 != y)
-    r = tl.where((x < 0) & y_odd, -r, r)
-    r = tl.where((x < 0) & (~y_int), float("nan"), r)
-    return tl.where(y == 0, 1.0, r)
-
-
-@triton.jit
-def _expm1(x):
-    # exp(x) - 1 cancels near 0: Taylor series there
-    s = x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0 + x * (1.0 / 720.0))))))
-    return tl.where(tl.abs(x) < 0.125, s, tl.exp(x) - 1.0)
-
-
-@triton.jit
-def _log1p(x):
-    # log(1 + x) loses x's low bits near 0: Taylor series there
-    s = x * (1.0 - x * (0.5 - x * (1.0 / 3.0 - x * (0.25 - x * (0.2 - x * (1.0 / 6.0 - x * (1.0 / 7.0)))))))
-    return tl.where(tl.abs(x) < 0.125, s, tl.log(1.0 + x))
-
-
-@triton.jit
-def _trunc(x):
-    return tl.where(x < 0, tl.ceil(x), tl.floor(x))
-
-
-@triton.jit
-def _floordiv(a, b):
-    q = a // b
-    return tl.where((a % b != 0) & ((a < 0) != (b < 0)), q - 1, q)
-'''
-
-_HELPER_NAMES = ("_max_nan", "_min_nan", "_row_max", "_row_min", "_round_bf16", "_tanh", "_pow", "_expm1", "_log1p", "_trunc", "_floordiv")
 
 
 class _Writer:
@@ -124,56 +40,6 @@ class _Writer:
         self.lines.append("")
 
 
-def kind_of(ir: KernelIR, persistent_max: int = PERSISTENT_MAX) -> str:
-    if not ir.is_reduction:
-        return "pointwise"
-    return "reduction" if next_pow2(ir.layout.rnumel) <= persistent_max else "looped_reduction"
-
-
-def launch_config(ir: KernelIR, kind: str, device: str) -> dict[str, int]:
-    """Block sizes and num_warps for a launch on `device` ("cuda" or "cpu" = interpreter)."""
-    lay = ir.layout
-    if kind == "pointwise":
-        cap = 1024 if device == "cuda" else INTERP_MAX_TILE
-        xb = min(next_pow2(lay.xnumel), cap)
-        return {"XBLOCK": xb, "num_warps": max(1, min(8, xb // 256))}
-    tile = GPU_MAX_TILE if device == "cuda" else INTERP_MAX_TILE
-    if kind == "reduction":
-        rb = next_pow2(lay.rnumel)
-    else:
-        rb = min(next_pow2(lay.rnumel), 1024 if device == "cuda" else 8192)
-    xb = max(1, min(next_pow2(lay.xnumel), tile // rb))
-    if device == "cuda":
-        # keep enough programs to fill a GPU's SMs (~100+): fewer rows per program when rows are few
-        while xb > 1 and -(-lay.xnumel // xb) < 128:
-            xb //= 2
-    return {"XBLOCK": xb, "RBLOCK": rb, "num_warps": max(1, min(8, (xb * rb) // 256))}
-
-
-def gpu_configs(ir: KernelIR, kind: str) -> tuple[dict[str, int], ...]:
-    """A few GPU launch configs derived from the shapes (for tuning on a GPU, listing without)."""
-    lay = ir.layout
-    base = launch_config(ir, kind, "cuda")
-    out = [base]
-    if kind == "pointwise":
-        for xb in (256, 512, 1024, 2048):
-            if xb <= max(next_pow2(lay.xnumel), 256):
-                out.append({"XBLOCK": xb, "num_warps": max(1, min(8, xb // 256))})
-    else:
-        for mul in (0.5, 2.0):
-            xb = max(1, int(base["XBLOCK"] * mul))
-            if xb <= next_pow2(lay.xnumel) and xb * base["RBLOCK"] <= 16384:
-                out.append({"XBLOCK": xb, "RBLOCK": base["RBLOCK"],
-                            "num_warps": max(1, min(8, (xb * base["RBLOCK"]) // 256))})
-        for nw in (2, 4, 8):
-            out.append({**base, "num_warps": nw})
-    uniq = []
-    for c in out:
-        if c not in uniq:
-            uniq.append(c)
-    return tuple(uniq)
-
-
 # --------------------------------------------------------------------------- kernel body
 
 
@@ -185,6 +51,11 @@ class _Emitter:
         self.w = _Writer()
         self.by_name = {s.name: s for s in ir.stmts}
         self.emitted: set[str] = set()
+        # tensor key -> the kernel argument holding its row stride (see Layout.row_strides)
+        self.row_stride = {k: f"{k}_row_stride" for k in self.lay.row_strides()}
+
+    def _offset(self, key: str, cls: str | None) -> str:
+        return self.lay.offset(key, cls, self.row_stride.get(key, ""))
 
     # values ---------------------------------------------------------------
 
@@ -199,7 +70,7 @@ class _Emitter:
         self.emitted.add(s.name)
         if s.kind == "load":
             cls = "x" if s.tile == "x" and self.kind != "pointwise" else None
-            off = self.lay.offset(s.load, cls)
+            off = self._offset(s.load, cls)
             src = self.ir_input(s.load)
             other = "0.0" if src.dtype.is_floating_point else "0"
             if s.tile == "s":
@@ -280,15 +151,15 @@ class _Emitter:
     def _x_setup(self) -> None:
         w, lay = self.w, self.lay
         pid = "tl.program_id(0).to(tl.int64)" if lay.needs_int64() else "tl.program_id(0)"
-        w(f"xnumel = {lay.xnumel}", "rows" if self.kind != "pointwise" else "elements")
-        if self.kind != "pointwise":
-            w(f"rnumel = {lay.rnumel}", "elements reduced per row")
-        w(f"xoffset = {pid} * XBLOCK")
+        if self.kind == "pointwise":
+            w(f"xnumel = {lay.xnumel}", "elements")
+        w(f"xoffset = {pid} * XBLOCK", "first row of this program" if self.kind != "pointwise" else "")
         if self.kind == "pointwise":
             w("xindex = xoffset + tl.arange(0, XBLOCK)")
+            w("xmask = xindex < xnumel")
         else:
-            w("xindex = xoffset + tl.arange(0, XBLOCK)[:, None]")
-        w("xmask = xindex < xnumel")
+            w("xindex = xoffset + tl.arange(0, XBLOCK)[:, None]", "XBLOCK rows")
+            w("xmask = xindex < n_rows")
         for stmt, comment in self.lay.index_lines("x"):
             if len(self.lay.xdims) > 0:
                 w(stmt, comment)
@@ -298,8 +169,8 @@ class _Emitter:
         if looped:
             w("rindex = roffset + tl.arange(0, RBLOCK)[None, :]")
         else:
-            w("rindex = tl.arange(0, RBLOCK)[None, :]")
-        w("rmask = rindex < rnumel")
+            w("rindex = tl.arange(0, RBLOCK)[None, :]", "a whole row: RBLOCK >= n_cols")
+        w("rmask = rindex < n_cols")
         w("mask = xmask & rmask")
         for stmt, comment in self.lay.index_lines("r"):
             w(stmt, comment)
@@ -309,7 +180,7 @@ class _Emitter:
     def _store(self, st, tile_cls: str) -> None:
         lay = self.lay
         cls = None if (self.kind == "pointwise" or tile_cls == "xr") else "x"
-        off = lay.offset(st.key, cls)
+        off = self._offset(st.key, cls)
         val = st.value
         vtile = self.by_name[val].tile
         if self.kind == "pointwise":
@@ -334,7 +205,10 @@ class _Emitter:
             off = "0 * xindex" if off == "0" else f"{off} + 0 * xindex"  # a pointer per row
         ptr = f"{st.key} + {off}"
         dt = str(out.dtype).replace("torch.", "")
-        self.w(f"tl.store({ptr}, {val}, mask={mask})", f"{out.node}: {dt}[{'x'.join(map(str, out.shape)) or 'scalar'}]")
+        comment = f"{out.node}: {dt}[{'x'.join(map(str, out.shape)) or 'scalar'}]"
+        if out.for_backward:
+            comment += ", stored only for the backward"
+        self.w(f"tl.store({ptr}, {val}, mask={mask})", comment)
 
     def _store_class(self, st) -> str:
         if self.kind == "pointwise":
@@ -372,7 +246,6 @@ class _Emitter:
         w = self.w
         self._x_setup()
         level = self._levels()
-        xr = lambda s: s.tile == "xr"  # noqa: E731
         # loads and values that do not depend on the row position come first
         for s in self.ir.stmts:
             if s.tile in ("x", "s") and s.kind != "reduce" and level[s.name] == 0:
@@ -387,11 +260,7 @@ class _Emitter:
                 if s.reduce == "any":
                     dt = "tl.int32"
                 w(f"acc_{s.name} = tl.full([XBLOCK, RBLOCK], {self._identity(s)}, {dt})")
-            w("for roffset in range(0, rnumel, RBLOCK):")
-            w.indent += 1
-            self._r_setup(looped=True)
-            for s in self._closure([g.arg for g in group], xr):
-                self._emit_loop_stmt(s)
+            self._loop_over_row([g.arg for g in group])
             for s in group:
                 upd = self._reduce_input(s)
                 if s.reduce == "sum":
@@ -412,11 +281,7 @@ class _Emitter:
         if xr_stores:
             w.blank()
             w("# last pass: results per element")
-            w("for roffset in range(0, rnumel, RBLOCK):")
-            w.indent += 1
-            self._r_setup(looped=True)
-            for s in self._closure([st.value for st in xr_stores], xr):
-                self._emit_loop_stmt(s)
+            self._loop_over_row([st.value for st in xr_stores])
             for st in xr_stores:
                 self._store(st, "xr")
             w.indent -= 1
@@ -424,57 +289,77 @@ class _Emitter:
             if st not in xr_stores:
                 self._store(st, "x")
 
-    def _emit_loop_stmt(self, s: Stmt) -> None:
-        """Emit an xr statement inside a loop (recomputed in each loop that needs it)."""
-        self._emit_stmt(s)
-        self.emitted.discard(s.name)
+    def _loop_over_row(self, values: list[str]) -> None:
+        """Open a loop over the row (left open, indented) that computes the per-element
+        `values`, recomputed in each loop that needs them."""
+        self.w("for roffset in range(0, n_cols, RBLOCK):")
+        self.w.indent += 1
+        self._r_setup(looped=True)
+        for s in self._closure(values, lambda s: s.tile == "xr"):
+            self._emit_stmt(s)
+            self.emitted.discard(s.name)
 
 
 # --------------------------------------------------------------------------- module text
 
 
-def _uses_helpers(lines: list[str]) -> list[str]:
-    text = "\n".join(lines)
-    return [h for h in _HELPER_NAMES if h + "(" in text or h + ", " in text or h + ")" in text]
+def _int_args(ir: KernelIR, kind: str) -> dict[str, str]:
+    """Integer kernel arguments -> what the launcher passes: each row stride (read from the
+    tensor where one dim has it), then the row count and length. None for pointwise kernels."""
+    if kind == "pointwise":
+        return {}
+    out = {}
+    for key, stride in ir.layout.row_strides().items():
+        t = next(t for t in ir.inputs + ir.outputs if t.key == key)
+        dims = [d for d, (n, st) in enumerate(zip(t.shape, t.stride)) if n > 1 and st == stride]
+        out[f"{key}_row_stride"] = f"{key}.stride({dims[0]})" if len(dims) == 1 else str(stride)
+    return {**out, "n_rows": "n_rows", "n_cols": "n_cols"}
 
 
-def _helper_source(names: list[str]) -> str:
-    blocks = HELPERS.strip().split("\n\n\n")
-    keep = [b for b in blocks if any(f"def {n}(" in b for n in names)]
-    return "\n\n\n".join(keep)
+def _kernel_def(ir: KernelIR, kind: str, int_args: dict[str, str]) -> list[str]:
+    """The @triton.jit line, the def and the docstring."""
+    ptrs = [t.key for t in ir.inputs + ir.outputs]
+    consts = [f"{c}: tl.constexpr" for c in (["XBLOCK"] if kind == "pointwise" else ["XBLOCK", "RBLOCK"])]
+    one_line = f"def {ir.name}({', '.join(ptrs + list(int_args) + consts)}):"
+    if len(one_line) <= 100:
+        head = [one_line]
+    else:
+        groups = [g for g in (ptrs, list(int_args), consts) if g]
+        head = [f"def {ir.name}("] + [f"    {', '.join(g)}," for g in groups] + ["):"]
+    cand, lay = ir.candidate, ir.layout
+    if kind == "pointwise":
+        what = "Each program computes XBLOCK elements."
+        shape = f"Generated for domain {list(lay.original)} ({lay.xnumel} elements)."
+    else:
+        what = "Each program computes XBLOCK rows of n_cols elements, " + (
+            "a whole row in one block of RBLOCK." if kind == "reduction" else "walking each row in blocks of RBLOCK.")
+        shape = (f"Generated for domain {list(lay.original)}, reducing dims {list(lay.reduce_dims)}: "
+                 f"{lay.xnumel} rows of {lay.rnumel}.")
+    return ["@triton.jit", *head,
+            f'    """{cand.pattern}: {len(cand.nodes)} ATen ops of {cand.graph} in one {kind.replace("_", " ")} kernel.',
+            "", f"    {what}", f"    {shape}", '    """']
 
 
 def emit(ir: KernelIR, *, persistent_max: int = PERSISTENT_MAX, header: str = "") -> dict:
     """The module text and launch facts of one kernel."""
     kind = kind_of(ir, persistent_max)
     body = _Emitter(ir, kind).body()
-    params = [t.key for t in ir.inputs] + [t.key for t in ir.outputs]
-    consts = ["XBLOCK"] if kind == "pointwise" else ["XBLOCK", "RBLOCK"]
-    sig = ", ".join(params + [f"{c}: tl.constexpr" for c in consts])
-    cand = ir.candidate
-    lay = ir.layout
-    doc = [
-        f'    """{cand.pattern}: {len(cand.nodes)} ATen ops of {cand.graph} in one {kind.replace("_", " ")} kernel.',
-        "",
-        f"    Domain {list(lay.original)}"
-        + (f", reducing dims {list(lay.reduce_dims)} ({lay.xnumel} rows of {lay.rnumel})" if ir.is_reduction
-           else f" ({lay.xnumel} elements)") + ".",
-        '    """',
-    ]
-    kernel = ["@triton.jit", f"def {ir.name}({sig}):"] + doc + body
-    helpers = _uses_helpers(body)
+    int_args = _int_args(ir, kind)
+    helpers = helpers_used(body)
     gpu = launch_config(ir, kind, "cuda")
     cpu = launch_config(ir, kind, "cpu")
-    launcher = _launcher(ir, kind, gpu, cpu)
     parts = [header.rstrip(), "import torch\nimport triton\nimport triton.language as tl"]
     if helpers:
-        parts.append(_helper_source(helpers))
-    parts.append("\n".join(kernel))
-    parts.append(launcher)
+        parts.append(helper_source(helpers))
+    parts.append("\n".join(_kernel_def(ir, kind, int_args) + body))
+    parts.append(launcher_source(ir, kind, gpu, cpu, int_args))
     source = "\n\n\n".join(p for p in parts if p) + "\n"
-    signature = {}
-    for t in ir.inputs + ir.outputs:
-        signature[t.key] = "*" + ops.PTR_DTYPE[t.dtype]
+    signature = {t.key: "*" + ops.PTR_DTYPE[t.dtype] for t in ir.inputs + ir.outputs}
+    row_strides = ir.layout.row_strides()
+    for name in int_args:
+        value = row_strides.get(name.removesuffix("_row_stride"), 0)
+        value = {"n_rows": ir.layout.xnumel, "n_cols": ir.layout.rnumel}.get(name, value)
+        signature[name] = "i64" if abs(value) > INT32_MAX else "i32"
     return {
         "source": source,
         "kind": kind,
@@ -484,45 +369,3 @@ def emit(ir: KernelIR, *, persistent_max: int = PERSISTENT_MAX, header: str = ""
         "configs": gpu_configs(ir, kind),
         "cpu_config": cpu,
     }
-
-
-def _launcher(ir: KernelIR, kind: str, gpu: dict, cpu: dict) -> str:
-    ins = [t.key for t in ir.inputs]
-    lay = ir.layout
-    lines = [f"def launch_{ir.name}({', '.join(ins)}, *, config=None):"]
-    lines.append(f'    """Run {ir.name}: takes {", ".join(t.node for t in ir.inputs)}; '
-                 f'returns {", ".join(t.node for t in ir.outputs)}."""')
-    first = ins[0] if ins else None
-    for t in ir.inputs:
-        lines.append(f"    {t.key} = _check({t.key}, {t.shape!r}, {t.stride!r}, {t.dtype}, {t.node!r})")
-    dev = f"{first}.device" if first else '"cuda"'
-    for t in ir.outputs:
-        lines.append(
-            f"    {t.key} = torch.empty_strided({t.shape!r}, {t.stride!r}, dtype={t.dtype}, device={dev})"
-        )
-    lines.append("    if config is None:")
-    lines.append(f"        config = {cpu!r} if {dev}.type == \"cpu\" else {gpu!r}")
-    lines.append("    meta = dict(config)")
-    lines.append("    num_warps = meta.pop(\"num_warps\")")
-    lines.append(f"    grid = (triton.cdiv({lay.xnumel}, meta[\"XBLOCK\"]),)")
-    args = ", ".join(ins + [t.key for t in ir.outputs])
-    lines.append(f"    {ir.name}[grid]({args}, num_warps=num_warps, **meta)")
-    outs = [t.key for t in ir.outputs]
-    lines.append(f"    return {', '.join(outs)}" + ("," if len(outs) == 1 else ""))
-    check = '''def _check(t, shape, stride, dtype, name):
-    # the kernel's index math assumes these strides: another layout of the same tensor is
-    # copied into it (size-1 dims may have any stride); another shape or dtype is an error
-    if tuple(t.shape) != shape or t.dtype != dtype:
-        raise ValueError(
-            f"{name}: kernel was generated for shape {shape}, {dtype}; "
-            f"got shape {tuple(t.shape)}, {t.dtype}"
-        )
-    if any(n > 1 and a != b for n, a, b in zip(shape, t.stride(), stride)):
-        # a dim traced as expanded (stride 0) holds one copy of its values
-        for d, (n, st) in enumerate(zip(shape, stride)):
-            if n > 1 and st == 0:
-                t = t.narrow(d, 0, 1)
-        t = torch.empty_strided(tuple(t.shape), stride, dtype=dtype, device=t.device).copy_(t)
-        t = t.expand(shape)
-    return t'''
-    return check + "\n\n\n" + "\n".join(lines)

@@ -20,7 +20,7 @@ from .domain import Layout, aligned_strides, make_layout, mapped_strides
 
 RESERVED = {
     "xindex", "xoffset", "xmask", "rindex", "roffset", "rmask", "mask", "xnumel", "rnumel",
-    "XBLOCK", "RBLOCK", "tl", "triton", "torch", "float", "int", "range",
+    "n_rows", "n_cols", "XBLOCK", "RBLOCK", "tl", "triton", "torch", "float", "int", "range",
 }
 
 
@@ -50,6 +50,7 @@ class TensorArg:
     dtype: torch.dtype
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    for_backward: bool = False  # an output only the backward reads (saved by the forward graph)
 
 
 @dataclass
@@ -92,6 +93,28 @@ _CONDITION_ARG = {
 def _val(node: torch.fx.Node):
     v = node.meta.get("val")
     return v
+
+
+def saved_for_backward(node: torch.fx.Node, graph: CapturedGraph, members) -> bool:
+    """Whether `node` leaves the kernel only to be saved for the backward: a forward graph
+    returns it as a saved tensor (AOTAutograd's output descriptors say which outputs are
+    those) and no op outside `members` reads it."""
+    if graph.kind != "forward":
+        return False
+    out = next(n for n in graph.gm.graph.nodes if n.op == "output")
+    results, descs = out.args[0], out.meta.get("desc")
+    if not isinstance(results, (list, tuple)) or not descs or len(descs) != len(results):
+        return False
+    saved = {r for r, d in zip(results, descs) if type(d).__name__ == "SavedForBackwardsAOTOutput"}
+    unsaved = {r for r, d in zip(results, descs) if type(d).__name__ != "SavedForBackwardsAOTOutput"}
+
+    def only_saved(n) -> bool:  # through views (alias, view) of it that are saved in its place
+        return n not in unsaved and all(
+            u in members or (u is out and n in saved) or (ops.kind_of(u) == "view" and only_saved(u))
+            for u in n.users
+        )
+
+    return only_saved(node)  # a kernel output has a user outside the kernel: this one is saved
 
 
 def _safe(name: str) -> str:
@@ -140,7 +163,8 @@ class _Lowerer:
                 raise LoweringError(f"output {name} is not a tensor")
             key = "out_" + name
             shape, stride = tuple(v.shape), tuple(v.stride())
-            self.outputs.append(TensorArg(key, name, v.dtype, shape, stride))
+            self.outputs.append(TensorArg(key, name, v.dtype, shape, stride,
+                                          saved_for_backward(node, self.graph, self.mset)))
             self.tensor_strides[key] = self._output_strides(node, shape, stride)
 
     def _output_strides(self, node, shape, stride):
