@@ -90,7 +90,7 @@ def test_gpt2_block_module_paths_and_source_lines(zoo_capture):
     mlp_line = _line_of(zoo.GPT2MLP.forward, "return self.c_proj(self.act(self.c_fc(x)))")
     (tanh,) = _by_op(fw, "aten.tanh.default")
     assert tanh.module == "mlp.act"
-    assert tanh.source == f"zoo.py:{mlp_line}  return self.c_proj(self.act(self.c_fc(x)))"
+    assert tanh.source == f"models.py:{mlp_line}  return self.c_proj(self.act(self.c_fc(x)))"
     assert tanh.shape == (2, 64, 512) and tanh.dtype == torch.float32
     assert tanh.stride == (64 * 512, 512, 1) and tanh.nbytes == 2 * 64 * 512 * 4
     var_means = _by_op(fw, "aten.var_mean.correction")
@@ -106,7 +106,7 @@ def test_gpt2_block_module_paths_and_source_lines(zoo_capture):
     assert {"ln_1", "ln_2", "attn", "attn.c_attn", "attn.c_proj", "mlp.act", "mlp.c_fc",
             "mlp.c_proj"} <= bw_modules
     for i in _by_op(bw, "aten.mm.default"):
-        assert i.module.startswith(("attn.", "mlp.")) and i.source.startswith("zoo.py:")
+        assert i.module.startswith(("attn.", "mlp.")) and i.source.startswith("models.py:")
 
 
 def test_hf_gpt2_module_paths(zoo_model):
