@@ -39,15 +39,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fusionlab  # noqa: E402, F401, I001  (first: decides the Triton interpreter before triton is imported)
+import fusionlab  # noqa: E402, I001  (first: decides the Triton interpreter before triton is imported)
 import torch  # noqa: E402
 from fusionlab import zoo  # noqa: E402
-from fusionlab.profiler import make_plan, profile  # noqa: E402
+from fusionlab.plan import plan_for  # noqa: E402
+from fusionlab.profiler import profile  # noqa: E402
 
 
 def bench_model(name: str, args) -> dict:
     zm = zoo.get(name, batch=args.batch)
-    plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
+    plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn))
     res = profile(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=args.steps, warmup=args.warmup,
                   compare=args.compare, optimizer=args.optimizer, gpu=args.gpu, model_name=name,
                   executor=args.executor)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fusionlab._cli_profile import add_profile_parser
+
 
 def _demo(args) -> int:
     import fusionlab as fl
@@ -60,12 +62,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("cache", help="the compile cache: info | clear")
     c.add_argument("rest", nargs=argparse.REMAINDER)
     c.set_defaults(func=_cache)
-    try:
-        from fusionlab._cli_profile import add_profile_parser
-    except ImportError:
-        pass
-    else:
-        add_profile_parser(sub)
+    add_profile_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

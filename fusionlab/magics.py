@@ -2,16 +2,17 @@
 
 Line magic::
 
-    %fusionlab profile MODEL [INPUTS] [--steps N] [--warmup N] [--fuse all|none|PATTERN,...]
-                       [--compare eager,fusionlab,inductor] [--gpu h100] [--loss NAME]
-                       [--executor auto|inductor|inductor-groups|triton] [--html PATH] [--trace]
+    %fusionlab profile MODEL [INPUTS] [--loss NAME] [options]
     %fusionlab kernels          the current plan's kernels: id, pattern, check status
     %fusionlab plan             the current plan (selection and modeled summary)
     %fusionlab help
 
 MODEL and INPUTS are names (or expressions) in the notebook's namespace; INPUTS is a
 tensor or a tuple of them. MODEL may be a zoo model, ``zoo:gpt2-block``, and then INPUTS
-is optional. The "current plan" is the last one the magic profiled or created.
+is optional. The "current plan" is the last one the magic profiled or created. The
+options (--steps 20, --warmup 5, --fuse, --compare, --gpu, --optimizer, --executor,
+--html, --trace) are those of ``python -m fusionlab profile``, from one definition:
+:func:`fusionlab.profile_options.add_profile_options`; ``%fusionlab help`` lists them.
 
 Cell magic: ``%%fusionlab profile [--steps N] [--warmup N]`` runs the cell body (say, one
 training step) ``warmup + steps`` times and reports the median and spread of the timed
@@ -27,18 +28,7 @@ import shlex
 import statistics
 import time
 
-USAGE = """\
-%fusionlab profile MODEL [INPUTS] [--steps N] [--warmup N] [--fuse all|none|PATTERN,...]
-                   [--compare eager,fusionlab,inductor] [--gpu h100|a100|t4|rtx4090]
-                   [--loss NAME] [--executor auto|inductor|inductor-groups|triton]
-                   [--html PATH] [--trace]
-%fusionlab kernels          the current plan's kernels (id, pattern, check status)
-%fusionlab plan             the current plan
-%fusionlab help             this text
-%%fusionlab profile [--steps N] [--warmup N]      time the cell body (median, spread)
-
-MODEL, INPUTS: names in the notebook namespace (INPUTS a tensor or a tuple), or
-MODEL = zoo:NAME (a fusionlab.zoo model; then INPUTS is optional)."""
+from .profile_options import add_profile_options, add_timing_options
 
 
 class UsageError(Exception):
@@ -53,28 +43,39 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message or "")
 
 
-def _profile_parser() -> _Parser:
+def profile_parser() -> _Parser:
     p = _Parser(prog="%fusionlab profile", add_help=False)
-    p.add_argument("model")
-    p.add_argument("inputs", nargs="?")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--fuse", default="all")
-    p.add_argument("--compare", default="eager,fusionlab,inductor")
-    p.add_argument("--gpu", default="h100")
-    p.add_argument("--loss", default=None)
-    p.add_argument("--optimizer", default="adamw")
-    p.add_argument("--executor", default="auto")
-    p.add_argument("--html", default=None)
-    p.add_argument("--trace", action="store_true")
+    p.add_argument("model", metavar="MODEL", help="a name or expression in the notebook, or zoo:NAME")
+    p.add_argument("inputs", nargs="?", metavar="INPUTS", help="a tensor or a tuple of them (optional for zoo:)")
+    p.add_argument("--loss", default=None, metavar="NAME", help="loss_fn(output, *inputs) in the notebook")
+    add_profile_options(p)  # the same options and defaults as python -m fusionlab profile
     return p
 
 
-def _cell_parser() -> _Parser:
+def cell_parser() -> _Parser:
     p = _Parser(prog="%%fusionlab profile", add_help=False)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    add_timing_options(p)
     return p
+
+
+def _options_help() -> str:
+    """The profile options, as argparse lists them (one definition, shared with the CLI)."""
+    text = profile_parser().format_help()
+    head = next((h for h in ("options:", "optional arguments:") if h in text), None)
+    return (text[text.index(head) + len(head):] if head else text).strip("\n").rstrip()
+
+
+USAGE = f"""\
+%fusionlab profile MODEL [INPUTS] [--loss NAME] [options]   profile training steps
+%fusionlab kernels          the current plan's kernels (id, pattern, check status)
+%fusionlab plan             the current plan
+%fusionlab help             this text
+%%fusionlab profile [--steps N] [--warmup N]      time the cell body (median, spread)
+
+MODEL, INPUTS: names in the notebook namespace (INPUTS a tensor or a tuple), or
+MODEL = zoo:NAME (a fusionlab.zoo model; then INPUTS is optional).
+The options of profile, the same as python -m fusionlab profile's:
+{_options_help()}"""
 
 
 class CellTiming:
@@ -172,25 +173,24 @@ class FusionlabExtension:
             raise UsageError(f"{what} {expr!r} is not a name or expression") from None
 
     def profile(self, argv: list[str]):
-        args = _profile_parser().parse_args(argv)
-        if args.steps < 1 or args.warmup < 0:
-            raise UsageError("--steps must be >= 1 and --warmup >= 0")
-        from .profiler import VARIANTS, make_plan, profile
+        args = profile_parser().parse_args(argv)
+        model, inputs, loss_fn, name = self._model_and_inputs(args)
+        from .capture import capture
+        from .plan import plan_for
+        from .profiler import profile
 
-        compare = [c.strip() for c in args.compare.split(",") if c.strip()]
-        bad = [c for c in compare if c not in VARIANTS]
-        if bad or not compare:
-            raise UsageError(f"--compare takes {','.join(VARIANTS)}; got {args.compare!r}")
-        from .cost import GPUS, get_gpu
+        self.plan = plan_for(capture(model, *inputs, loss_fn=loss_fn), args.fuse)
+        result = profile(model, inputs, plan=self.plan, loss_fn=loss_fn, steps=args.steps, warmup=args.warmup,
+                         compare=args.compare, gpu=args.gpu, optimizer=args.optimizer, trace=args.trace,
+                         model_name=name, executor=args.executor)
+        self.last_result = result
+        if args.html:
+            path = result.to_html(args.html)
+            print(f"fusionlab: report written to {path}")
+        return result
 
-        try:
-            get_gpu(args.gpu)
-        except ValueError:
-            raise UsageError(f"--gpu takes one of {', '.join(GPUS)}; got {args.gpu!r}") from None
-        from .profiler import EXECUTORS
-
-        if args.executor not in EXECUTORS:
-            raise UsageError(f"--executor takes one of {', '.join(EXECUTORS)}; got {args.executor!r}")
+    def _model_and_inputs(self, args):
+        """(model, inputs as a tuple, loss_fn, name or None) from MODEL, INPUTS and --loss."""
         loss_fn = self._lookup(args.loss, "loss") if args.loss else None
         name = None
         if args.model.startswith("zoo:"):
@@ -209,16 +209,8 @@ class FusionlabExtension:
             if not args.inputs:
                 raise UsageError("give the inputs: %fusionlab profile MODEL INPUTS")
             inputs = self._lookup(args.inputs, "inputs")
-        plan = make_plan(model, inputs, loss_fn=loss_fn, fuse=args.fuse)
-        self.plan = plan
-        result = profile(model, inputs, plan=plan, loss_fn=loss_fn, steps=args.steps, warmup=args.warmup,
-                         compare=compare, gpu=args.gpu, optimizer=args.optimizer, trace=args.trace,
-                         model_name=name, executor=args.executor)
-        self.last_result = result
-        if args.html:
-            path = result.to_html(args.html)
-            print(f"fusionlab: report written to {path}")
-        return result
+        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        return model, inputs, loss_fn, name
 
     def kernels(self, argv: list[str]):
         if argv:
@@ -236,9 +228,7 @@ class FusionlabExtension:
         return self.plan
 
     def profile_cell(self, argv: list[str], cell: str):
-        args = _cell_parser().parse_args(argv)
-        if args.steps < 1 or args.warmup < 0:
-            raise UsageError("--steps must be >= 1 and --warmup >= 0")
+        args = cell_parser().parse_args(argv)
         import torch
 
         code = compile(cell, "<%%fusionlab cell>", "exec")
@@ -327,7 +317,7 @@ def _make_magics_class():
         def fusionlab(self, line, cell=None):
             return self.ext.magic(line, cell)
 
-    FusionlabMagics.fusionlab.__doc__ = __doc__
+    FusionlabMagics.fusionlab.__doc__ = USAGE
     return FusionlabMagics
 
 

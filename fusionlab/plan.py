@@ -250,10 +250,18 @@ class FusionPlan:
 
 
 def plan_for(capture: Capture, select: Iterable[str] | str | None = "all") -> FusionPlan:
-    """Convenience: a plan with `select` ("all", a pattern, or a list) selected."""
+    """A plan of `capture` with `select` selected.
+
+    ``select``: "all" (every candidate that fits, as ``select_all``), None, "none" or ""
+    (nothing), a candidate id or pattern, a comma-separated string of them ("gelu,softmax",
+    as the CLI's and the magic's ``--fuse`` take it), or a list.
+    """
     plan = FusionPlan(capture)
-    if select == "all":
-        plan.select_all()
-    elif select:
-        plan.select(*([select] if isinstance(select, str) else list(select)))
+    if isinstance(select, str):
+        select = select.strip()
+        if select == "all":
+            return plan.select_all()
+        select = [] if select == "none" else [s.strip() for s in select.split(",") if s.strip()]
+    if select:
+        plan.select(*select)
     return plan

@@ -406,7 +406,7 @@ EXPLORER = [
 **What you will learn**
 
 * open the explorer on a model: a table of fusion candidates with checkboxes, the graphs, the
-  generated kernel of any candidate, a plan summary and (where installed) a profiler;
+  generated kernel of any candidate, a plan summary and a profiler;
 * drive the same explorer from code: its state is a plain `FusionPlan`;
 * use `%load_ext fusionlab` and the `%fusionlab` magic to profile from one line.
 
@@ -450,19 +450,15 @@ print("the explorer now shows:", ex.tabs.get_title(ex.tabs.selected_index))
     md("""
 ## Profile (measured)
 
-With `fusionlab.profiler` installed, the **profile** tab times whole training steps on this
-machine. On a CPU the fusionlab variant checks each selected group compiled alone by Inductor,
-then compiles the step with Inductor allowed to fuse only inside your groups (the Triton
-interpreter is for correctness, not speed). `unfused` is the same compile with nothing
-selected, so fusionlab against unfused is what your fusions alone buy. A few steps keep this
-notebook quick; use more for numbers you want to quote.
+The **profile** tab times whole training steps on this machine. On a CPU the fusionlab variant
+checks each selected group compiled alone by Inductor, then compiles the step with Inductor
+allowed to fuse only inside your groups (the Triton interpreter is for correctness, not speed).
+`unfused` is the same compile with nothing selected, so fusionlab against unfused is what your
+fusions alone buy. A few steps keep this notebook quick; use more for numbers you want to quote.
 """),
     code("""
-if ex.profile_button is None:
-    print("fusionlab.profiler is not installed here: the explorer shows no profile tab")
-else:
-    result = ex.profile(steps=3, warmup=1, compare=("eager", "unfused", "fusionlab"))
-    print(result)
+result = ex.profile(steps=3, warmup=1, compare=("eager", "unfused", "fusionlab"))
+print(result)
 """),
     md("""
 ## The `%fusionlab` magic

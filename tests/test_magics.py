@@ -35,7 +35,26 @@ def test_help_is_the_docstring(ip, capsys):
     doc = ip.find_line_magic("fusionlab").__doc__
     assert "%fusionlab profile MODEL" in doc and "%%fusionlab profile" in doc
     ip.run_line_magic("fusionlab", "help")
-    assert "%fusionlab kernels" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "%fusionlab kernels" in out
+    assert "measured steps (default 20)" in out and "--executor" in out  # the shared options, listed
+
+
+def test_magic_and_cli_share_one_option_set():
+    """%fusionlab profile and python -m fusionlab profile: the same options, the same defaults."""
+    import argparse
+
+    from fusionlab._cli_profile import add_profile_parser
+    from fusionlab.magics import profile_parser
+
+    cli = vars(add_profile_parser(argparse.ArgumentParser().add_subparsers()).parse_args([]))
+    magic = vars(profile_parser().parse_args(["zoo:mlp"]))
+    shared = set(cli) & set(magic) - {"model"}  # the CLI's --model is a zoo name, the magic's MODEL any model
+    assert shared == {"steps", "warmup", "fuse", "compare", "gpu", "optimizer", "executor", "html", "trace"}
+    assert {k: cli[k] for k in shared} == {k: magic[k] for k in shared}
+    assert set(cli) - shared == {"model", "batch", "threads", "func"}
+    assert set(magic) - shared == {"model", "inputs", "loss"}
+    assert magic["steps"] == 20 and magic["warmup"] == 5
 
 
 def test_profile_zoo_model_then_kernels(ip, capsys):
@@ -82,7 +101,8 @@ def test_profile_names_from_the_user_namespace(ip, tmp_path):
     ("profile undefined_model x", "not defined"),
     ("profile zoo:gpt2-block --compare eager,fastest", "--compare"),
     ("profile zoo:gpt2-block --gpu v99", "--gpu"),
-    ("profile zoo:gpt2-block --executor fastest", "--executor takes one of auto, inductor"),
+    ("profile zoo:gpt2-block --executor fastest", "--executor: invalid choice: 'fastest'"),
+    ("profile zoo:gpt2-block --steps 0", "--steps: must be >= 1"),
     ("profile zoo:gpt2-block --bogus 1", "unrecognized arguments"),
     ("frobnicate", "unknown command"),
     ("kernels extra", "no arguments"),
@@ -113,6 +133,6 @@ def test_cell_magic_times_the_cell(ip):
 
 def test_cell_magic_bad_args_print_usage(ip, capsys):
     assert ip.run_cell_magic("fusionlab", "profile --steps 0", "pass\n") is None
-    assert "--steps must be >= 1" in capsys.readouterr().out
+    assert "--steps: must be >= 1" in capsys.readouterr().out
     assert ip.run_cell_magic("fusionlab", "kernels", "pass\n") is None
     assert "cell magic takes 'profile'" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Tests for fusionlab.profiler and fusionlab.executors (behaviour and numerics, never wall-clock)."""
+"""Tests for fusionlab.profiler, fusionlab.numerics and fusionlab.executors (behaviour and numerics, never wall-clock)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from fusionlab.executors import (
     count_generated_kernels,
 )
 from fusionlab.kernels.kernel import KernelStatus
-from fusionlab.profiler import ProfileResult, check_numerics, make_plan, profile
+from fusionlab.numerics import check_numerics
+from fusionlab.plan import plan_for
+from fusionlab.profiler import ProfileResult, profile
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def block():
 
 @pytest.fixture(scope="module")
 def plan(block):
-    return make_plan(block.model, block.inputs, loss_fn=block.loss_fn, fuse="all")
+    return plan_for(fusionlab.capture(block.model, *block.inputs, loss_fn=block.loss_fn), "all")
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +243,7 @@ def _one_step(fused, inputs):
 
 
 def test_graph_executor_fuses_only_inside_the_selected_groups(block):
-    partial = make_plan(block.model, block.inputs, loss_fn=block.loss_fn, fuse="none")
+    partial = plan_for(fusionlab.capture(block.model, *block.inputs, loss_fn=block.loss_fn), "none")
     fw = [c for c in partial.candidates if c.graph.startswith("fw")]
     picked = next(c for c in fw if "softmax" in c.pattern)
     left = next(c for c in fw if "gelu" in c.pattern)  # not selected: its ops must stay apart
@@ -263,11 +265,12 @@ def test_graph_executor_fuses_only_inside_the_selected_groups(block):
     # every loop nest knows its C++ function, named as torch.profiler records it
     functions = graph.functions()
     assert all(k.function for k in graph.loops) and all(re.sub(r"^graph_\d+_", "", f) in graph.source for f in functions)
-    from fusionlab.profiler import VariantResult, _label_functions
+    from fusionlab.profiler import VariantResult
+    from fusionlab.profiler.events import label_functions
 
     mine_fn = mine[0].function
     r = VariantResult("fusionlab", ex.name, "cpu", top_kernels=[(mine_fn, 1, 5.0), ("aten::mm", 2, 9.0)])
-    _label_functions(r, ex)
+    label_functions(r, ex)
     assert r.top_kernels[0][0].startswith(f"{mine_fn} [") and picked.id in r.top_kernels[0][0]
     assert r.top_kernels[1] == ("aten::mm", 2, 9.0)
 
@@ -295,12 +298,12 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty on-disk cache
     zm = zoo.get("mlp")
-    fw = [c for c in make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="none").candidates
+    fw = [c for c in plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "none").candidates
           if c.graph.startswith("fw")]
     assert len(fw) >= 2
 
     def restricted(cand) -> list[KernelOrigin]:
-        plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse=cand.id)
+        plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), cand.id)
         ex = InductorGraphExecutor()
         _one_step(plan.compile(copy.deepcopy(zm.model), executor=ex), zm.inputs)
         (graph,) = [g for g in ex.graphs if g.kind == "forward"]
@@ -333,7 +336,7 @@ def test_graph_executor_matches_eager_on_zoo_models(name):
     """Select-all on every zoo model: three AdamW steps equal to eager, each graph compiled whole
     (no fallback), and every loop nest Inductor generated runs one group or one op."""
     zm = zoo.get(name)
-    plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
+    plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
     ex = InductorGraphExecutor()
     chk = check_numerics(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=3, executor=ex)
     assert len(chk.report.used) == len(plan.selected) and not chk.report.failed
@@ -365,7 +368,7 @@ def test_inductor_groups_are_checked_with_nan_and_inf_inputs():
     is refused and its ops run as ATen calls, so a step fed an inf gives eager's NaN, not 0."""
     model = _VarOfOne()
     inputs = (torch.randn(1), torch.randn(4, 8))
-    plan = make_plan(model, inputs, fuse="all")
+    plan = plan_for(fusionlab.capture(model, *inputs))
     fw = [c for c in plan.selected if c.graph.startswith("fw")]
     var_group = next(c for c in fw if "aten.var.correction" in c.ops)
     assert len(fw) >= 2
@@ -384,7 +387,7 @@ def test_inductor_groups_are_checked_with_nan_and_inf_inputs():
 
 def test_graph_executor_can_run_every_other_op_as_aten(block):
     """eager_outside_groups=True: outside the groups Inductor generates no loop at all."""
-    partial = make_plan(block.model, block.inputs, loss_fn=block.loss_fn, fuse="none")
+    partial = plan_for(fusionlab.capture(block.model, *block.inputs, loss_fn=block.loss_fn), "none")
     picked = next(c for c in partial.candidates if "softmax" in c.pattern and c.graph.startswith("fw"))
     partial.select(picked.id)
     ex = InductorGraphExecutor(eager_outside_groups=True)
@@ -400,7 +403,7 @@ def test_graph_executor_can_run_every_other_op_as_aten(block):
 
 def test_graph_executor_recompiles_for_a_new_batch_size():
     zm, zm2 = zoo.get("mlp"), zoo.get("mlp", batch=5)
-    plan = make_plan(zm.model, zm.inputs, loss_fn=zm.loss_fn, fuse="all")
+    plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
     ex = InductorGraphExecutor()
     model = copy.deepcopy(zm.model)
     fused = plan.compile(model, executor=ex)

@@ -104,3 +104,18 @@ def test_plan_figure_models_a_gpu_when_cost_exists(plan):
     fig = viz.plan_figure(plan, gpu="h100")
     assert len(fig.data) == 6
     assert "modeled" in fig.layout.annotations[-1].text and "H100" in fig.layout.annotations[-1].text
+
+
+def test_profile_figure_and_report_of_a_measured_only_result():
+    """A profile's figure and HTML report (viz.profile_report) from a result with no modeled columns."""
+    from fusionlab.profiler import ProfileResult, VariantResult
+
+    eager = VariantResult("eager", "PyTorch eager (ATen)", "cpu", samples=[1e-3, 2e-3, 3e-3],
+                          top_kernels=[("aten::mm", 2, 9.0)])
+    res = ProfileResult("m", "cpu (2 threads)", steps=3, warmup=1, optimizer="adamw", variants=[eager])
+    fig = viz.profile_figure(res)
+    step_times = fig.data[0]
+    assert step_times.y == pytest.approx((2.0,))  # the median, in ms
+    assert "measured on cpu (2 threads)" in fig.layout.annotations[0].text
+    report = viz.profile_html(res)
+    assert report.startswith("<!DOCTYPE html>") and "aten::mm" in report

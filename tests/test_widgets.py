@@ -3,8 +3,6 @@
 import dataclasses
 import html
 import re
-import sys
-import types
 
 import pytest
 
@@ -13,7 +11,7 @@ from fusionlab import zoo
 from fusionlab.candidates import Candidates
 
 pytest.importorskip("ipywidgets")
-from fusionlab.widgets import Explorer, _explorer, explore  # noqa: E402
+from fusionlab.widgets import Explorer, explore  # noqa: E402
 
 
 def text(widget) -> str:
@@ -135,56 +133,37 @@ def test_display_protocols(ex):
     assert "MLPClassifier" in repr(ex)
 
 
-class _FakeResult:
-    """What the explorer needs of a ProfileResult: a table and a figure."""
-
-    def table(self):
-        return "step  unfused  fused\ncpu   1.0 ms   0.5 ms"
-
-    def figure(self):
-        import plotly.graph_objects as go
-
-        return go.Figure(go.Bar(x=["unfused", "fused"], y=[1.0, 0.5]))
-
-
-def _install_fake_profiler(monkeypatch, profile) -> None:
-    fake = types.ModuleType("fusionlab.profiler")
-    fake.profile = profile
-    monkeypatch.setitem(sys.modules, "fusionlab.profiler", fake)
-    monkeypatch.setattr(_explorer, "has_profiler", lambda: True)
-
-
-def test_profile_pane_uses_profiler_when_present(ex, monkeypatch):
-    calls = {}
-
-    def profile(model, inputs, plan=None):
-        calls["args"] = (model, inputs, plan)
-        return _FakeResult()
-
-    _install_fake_profiler(monkeypatch, profile)
-    result = ex.profile()
-    assert isinstance(result, _FakeResult)
-    assert calls["args"][2] is ex.plan and calls["args"][1] == ex.inputs
-    assert "fused" in text(ex.profile_html)
-    assert ex.figures["profile"].data
-
-
-def test_profile_tab_controls_drive_the_profile(ex, monkeypatch):
-    """The button profiles with the tab's steps, variants and executor (a fake profiler records them)."""
-    calls = {}
-
-    def profile(model, inputs, plan=None, steps=20, warmup=5, compare=("eager",), executor="auto"):
-        calls.update(steps=steps, warmup=warmup, compare=compare, executor=executor)
-        return _FakeResult()
-
-    _install_fake_profiler(monkeypatch, profile)
-    assert ex.profile_button is not None  # the real profiler is installed here
-    ex.profile_steps.value = 8
-    ex.profile_variants["inductor"].value = True
+@pytest.fixture(scope="module")
+def profiled(mlp, cap):
+    """An explorer whose profile button was clicked with its controls set: two steps, eager and
+    fusionlab, each group compiled alone by Inductor (a real, small profile)."""
+    ex = explore(mlp.model, *mlp.inputs, capture=cap)
+    ex.plan.select("gelu")
+    ex.profile_steps.value = 2
     ex.profile_variants["unfused"].value = False
     ex.profile_executor.value = "inductor-groups"
     ex.profile_button.click()
-    assert calls, ex.profile_html.value
-    assert calls == {"steps": 8, "warmup": 2, "compare": ("eager", "fusionlab", "inductor"),
-                     "executor": "inductor-groups"}
-    assert ex.figures["profile"].data
+    return ex
+
+
+def test_profile_tab_controls_drive_the_profile(profiled):
+    result = profiled.profile_result
+    assert result is not None, profiled.profile_html.value
+    assert [v.name for v in result.variants] == ["eager", "fusionlab"]
+    assert (result.steps, result.warmup) == (2, 1)
+    assert all(len(v.samples) == 2 for v in result.variants)
+    assert result.plan is profiled.plan and result["fusionlab"].executor == "inductor-cpp (per group)"
+    assert len(result["fusionlab"].report.used) == len(profiled.plan.selected)
+
+
+def test_profile_pane_shows_the_table_and_figure(profiled):
+    shown = text(profiled.profile_html)
+    assert "Measured on cpu" in shown and "modeled (H100 SXM spec)" in shown
+    assert "inductor-cpp (per group)" in shown
+    assert profiled.figures["profile"].data
+
+
+def test_profile_without_inputs_says_so(cap):
+    ex = Explorer(cap)  # no inputs given
+    assert ex.profile(steps=1) is None
+    assert "needs the model and its inputs" in text(ex.profile_html)

@@ -8,32 +8,18 @@ in the message line and the checkboxes are put back to what the plan holds.
 from __future__ import annotations
 
 import html
-import importlib.util
-import inspect
 
 from .. import _env
 from ..candidates import _fmt_bytes
 from ..plan import FusionPlan, PlanError
+from ..profile_options import EXECUTORS, STEPS
 from . import _html
 
 TABLE_COLUMNS = "30px minmax(240px, 2fr) 80px 55px 120px minmax(120px, 1fr) 64px"
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def has_profiler() -> bool:
-    return _has("fusionlab.profiler")
-
-
 def gpu_choices() -> list[str]:
-    """GPU spec sheets fusionlab.cost can model a step on ([] without fusionlab.cost)."""
-    if not _has("fusionlab.cost"):
-        return []
+    """GPU spec sheets fusionlab.cost can model a step on."""
     from .. import cost
 
     return list(cost.GPUS)
@@ -149,36 +135,28 @@ class Explorer:
         self.graph_panes = {g.tag: w.HTML() for g in cap.graphs}
         self._stale_graphs = set(self.graph_panes)
 
-        # profile (measured), when fusionlab.profiler is installed
+        # profile (measured)
         self.profile_output = w.Output()
         self.profile_html = w.HTML()
-        if has_profiler():
-            self.profile_button = w.Button(description="profile fused vs unfused (measured)",
-                                           icon="tachometer", layout=w.Layout(width="300px"))
-            self.profile_button.on_click(lambda _b: self.profile(**self.profile_options()))
-            self.profile_steps = w.IntSlider(value=10, min=1, max=200, description="steps",
-                                             layout=w.Layout(width="320px"))
-            self.profile_variants = {
-                name: w.Checkbox(value=name in ("eager", "unfused", "fusionlab"), description=name,
-                                 indent=False, layout=w.Layout(width="95px"))
-                for name in ("eager", "unfused", "fusionlab", "inductor")
-            }
-            from ..profiler import EXECUTORS
-
-            self.profile_executor = w.Dropdown(
-                options=list(EXECUTORS), value="auto",
-                description="executor", layout=w.Layout(width="260px"),
-                tooltip="auto: Triton on a GPU; on CPU Inductor, fusing only inside your groups")
-            self.profile_html.value = _html.message(
-                "Runs training steps with and without the plan and measures them on this machine. "
-                "unfused: the same executor with nothing selected; inductor: plain torch.compile.")
-            controls = w.HBox([self.profile_steps, *self.profile_variants.values(), self.profile_executor])
-            profile_tab = w.VBox([controls, self.profile_button, self.profile_html, self.profile_output])
-        else:
-            self.profile_button = None
-            self.profile_html.value = _html.message(
-                "fusionlab.profiler is not installed in this environment: no measurements.")
-            profile_tab = w.VBox([self.profile_html])
+        self.profile_button = w.Button(description="profile fused vs unfused (measured)",
+                                       icon="tachometer", layout=w.Layout(width="300px"))
+        self.profile_button.on_click(lambda _b: self.profile(**self.profile_options()))
+        self.profile_steps = w.IntSlider(value=STEPS, min=1, max=200, description="steps",
+                                         layout=w.Layout(width="320px"))
+        self.profile_variants = {
+            name: w.Checkbox(value=name in ("eager", "unfused", "fusionlab"), description=name,
+                             indent=False, layout=w.Layout(width="95px"))
+            for name in ("eager", "unfused", "fusionlab", "inductor")
+        }
+        self.profile_executor = w.Dropdown(
+            options=list(EXECUTORS), value="auto",
+            description="executor", layout=w.Layout(width="260px"),
+            tooltip="auto: Triton on a GPU; on CPU Inductor, fusing only inside your groups")
+        self.profile_html.value = _html.message(
+            "Runs training steps with and without the plan and measures them on this machine. "
+            "unfused: the same executor with nothing selected; inductor: plain torch.compile.")
+        controls = w.HBox([self.profile_steps, *self.profile_variants.values(), self.profile_executor])
+        profile_tab = w.VBox([controls, self.profile_button, self.profile_html, self.profile_output])
 
         graph_tabs = [w.VBox([w.HBox([self.collapse_views, self.fit_width]), self.graph_panes[g.tag]])
                       for g in cap.graphs]
@@ -379,8 +357,6 @@ class Explorer:
 
     def profile_options(self) -> dict:
         """What the profile tab's controls say: steps, warm-up, variants, executor."""
-        if self.profile_button is None:
-            return {}
         steps = int(self.profile_steps.value)
         compare = tuple(n for n, box in self.profile_variants.items() if box.value) or ("eager", "fusionlab")
         return {"steps": steps, "warmup": max(1, min(5, steps // 4)), "compare": compare,
@@ -390,9 +366,6 @@ class Explorer:
         """``fusionlab.profile(model, inputs, plan=plan, **options)``; shows its table and figure.
 
         The profile tab's button passes :meth:`profile_options` (its controls)."""
-        if not has_profiler():
-            self.profile_html.value = _html.message("fusionlab.profiler is not installed", "error")
-            return None
         if self.model is None or not self.inputs:
             self.profile_html.value = _html.message(
                 "profiling needs the model and its inputs: use explore(model, *inputs)", "error")
@@ -401,12 +374,13 @@ class Explorer:
 
         self.profile_html.value = _html.message("profiling (measured on this machine) ...")
         try:
-            result = _call_profile(profile, self.model, self.inputs, self.plan, self.loss_fn, options)
+            result = profile(self.model, self.inputs, plan=self.plan, loss_fn=self.loss_fn, **options)
         except Exception as e:  # noqa: BLE001 - a failed run is shown, not raised into the UI
             self.profile_html.value = _html.message(f"profile failed: {type(e).__name__}: {e}", "error")
             return None
         self.profile_result = result
-        self.profile_html.value = _table_html(result)
+        # the profile's own HTML (it labels measured vs modeled), in a box that scrolls sideways
+        self.profile_html.value = f"<div style='overflow-x:auto;font-size:12px'>{result._repr_html_()}</div>"
         try:
             self._show_figure("profile", self.profile_output, result.figure())
         except Exception as e:  # noqa: BLE001 - no plotly, or no figure for this result
@@ -427,28 +401,3 @@ class Explorer:
     def __repr__(self) -> str:
         return (f"<Explorer {self.capture.model_name}: {len(self.plan.selected)}/"
                 f"{len(self.plan.candidates)} candidates selected>")
-
-
-def _call_profile(profile, model, inputs, plan, loss_fn, options=None):
-    """Call fusionlab.profile whether it takes ``inputs`` as one tuple or as ``*inputs``."""
-    params = inspect.signature(profile).parameters
-    kwargs = {"plan": plan, **(options or {})}
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}  # a profiler without these options
-    if "loss_fn" in params and loss_fn is not None:
-        kwargs["loss_fn"] = loss_fn
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
-        return profile(model, *inputs, **kwargs)
-    return profile(model, inputs, **kwargs)
-
-
-def _table_html(result) -> str:
-    """The profile's own HTML (it labels measured vs modeled), in a box that scrolls sideways."""
-    table = result.table() if not hasattr(result, "_repr_html_") and hasattr(result, "table") else result
-    if hasattr(table, "_repr_html_"):
-        body = table._repr_html_()
-    elif hasattr(table, "to_html"):
-        body = table.to_html()
-    else:
-        body = f"<pre style='font-size:12px'>{html.escape(str(table))}</pre>"
-    return f"<div style='overflow-x:auto;font-size:12px'>{body}</div>"

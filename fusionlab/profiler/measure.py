@@ -1,0 +1,280 @@
+"""``profile()``: time whole training steps of each variant, profile one step, model the GPU.
+
+Read ``profile`` top to bottom: it checks its arguments, picks the plan, builds one
+:class:`~fusionlab.profiler.harness.Variant` per name in ``compare``, runs each one's first
+(compiling) step alone, then the timed rounds, counts kernels, profiles one more step under
+torch.profiler and puts the modeled GPU figures beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..capture import capture, preserved_state
+from ..cost import GPUSpec, get_gpu, roofline, step_cost
+from ..executors import InductorGraphExecutor, InductorGroupExecutor, count_generated_kernels
+from ..plan import FusionPlan, plan_for
+from ..profile_options import (
+    DEFAULT_COMPARE,
+    STEPS,
+    VARIANTS,
+    WARMUP,
+    parse_compare,
+    resolve_executor,
+)
+from .events import profiled_steps
+from .harness import Timer, Variant, capture_inductor_code, describe_device, device_of, fresh_step
+from .results import ProfileResult
+
+
+def profile(
+    model,
+    inputs,
+    plan=None,
+    loss_fn: Callable | None = None,
+    optimizer="adamw",
+    steps: int = STEPS,
+    warmup: int = WARMUP,
+    compare: Sequence[str] | str = DEFAULT_COMPARE,
+    gpu: str | GPUSpec = "h100",
+    lr: float = 1e-3,
+    *,
+    executor="auto",
+    trace: bool | str = False,
+    profile_step: bool = True,
+    model_name: str | None = None,
+    verbose: bool = False,
+) -> ProfileResult:
+    """Time whole training steps of `model` for each variant in `compare`; model the GPU cost.
+
+    ``inputs``: a tuple of example inputs (a single tensor is accepted). ``plan``: a
+    FusionPlan (``None``: capture the model and select every candidate). ``optimizer``:
+    "adamw" | "adam" | "sgd" | None | ``callable(params) -> Optimizer``, the same in every
+    variant. ``executor`` for the fusionlab variant: "auto" (Triton kernels on a GPU,
+    "inductor" on CPU), "triton", "inductor" (whole graphs compiled by Inductor, fusing
+    only inside the selected groups), "inductor-groups" (each group compiled alone and
+    called from the FX graph's Python code) or a callable (see :mod:`fusionlab.executors`).
+    ``trace``: True or a path: export a Chrome trace of one
+    profiled step of each variant. The model itself is never changed.
+    """
+    inputs, compare = _check_arguments(model, inputs, compare, steps, warmup)
+    spec = get_gpu(gpu)
+    dev = device_of(model, inputs)
+    cuda = dev.type == "cuda"
+    notes: list[str] = []
+
+    with preserved_state(model):
+        plan, loss_fn = _plan_to_profile(model, inputs, plan, loss_fn, notes, verbose)
+        variants = _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev)
+        timer = Timer(cuda)
+        live = _first_steps(variants, timer, verbose)
+        notes += _backend_notes(live)
+        _timed_rounds(live, timer, warmup, steps)
+        _count_kernels(plan, variants)
+        trace_path = profiled_steps(live, cuda, trace) if (profile_step or trace) else None
+        modeled = _modeled(plan, variants, spec, notes)
+
+    notes += _closing_notes(variants, cuda)
+    return ProfileResult(
+        model_name=model_name or plan.capture.model_name, device=describe_device(dev), steps=steps,
+        warmup=warmup, optimizer=_optimizer_name(optimizer), variants=[v.result for v in variants],
+        plan=plan, gpu=spec, modeled=modeled, chrome_trace=trace_path, notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- the steps of profile()
+
+
+def _check_arguments(model, inputs, compare, steps: int, warmup: int) -> tuple[tuple, list[str]]:
+    """(inputs as a tuple, the variants to compare), or a TypeError/ValueError saying what is wrong."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"profile trains copies of the model: pass a torch.nn.Module, not {type(model).__name__}")
+    if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+    if isinstance(compare, str):
+        compare = parse_compare(compare)
+    compare = list(dict.fromkeys(compare))
+    if not compare or any(c not in VARIANTS for c in compare):
+        raise ValueError(f"compare must name variants among {', '.join(VARIANTS)}; got {compare}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be >= 1 and warmup >= 0 (got steps={steps}, warmup={warmup})")
+    return tuple(inputs), compare
+
+
+def _plan_to_profile(model, inputs, plan, loss_fn, notes: list[str], verbose: bool):
+    """(the plan, the loss function): the given plan, or every candidate of a fresh capture."""
+    if plan is None:
+        if verbose:
+            print("fusionlab.profile: capturing one training step ...")
+        plan = plan_for(capture(model, *inputs, loss_fn=loss_fn))
+        notes.append(f"plan: all {len(plan.selected)} candidates selected (no plan given)")
+        return plan, loss_fn
+    if not plan.capture.train:
+        raise ValueError("the plan was captured with train=False; profile times training steps")
+    return plan, loss_fn if loss_fn is not None else plan.capture.meta.get("loss_fn")
+
+
+def _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev) -> list[Variant]:
+    """One Variant per name, each with its own model copy, optimizer and (compiled) step."""
+    device = describe_device(dev)
+    # one executor for the fusionlab variant; "unfused" runs the same kind with nothing selected
+    fl_executor, fl_name = (resolve_executor(executor, dev) if {"fusionlab", "unfused"} & set(compare)
+                            else (None, ""))
+    variants = []
+    for name in compare:
+        v = Variant(name, model, inputs, loss_fn, optimizer, lr, device)
+        _give_step(v, fresh_step(v.model, loss_fn), plan, fl_executor, fl_name, cuda=dev.type == "cuda")
+        variants.append(v)
+    return variants
+
+
+def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool) -> None:
+    """Set `v.fn`: eager runs `step` as it is, the others through torch.compile."""
+    from ..backend import make_backend
+
+    if v.name == "eager":
+        v.fn, v.result.executor = step, "PyTorch eager (ATen)"
+        return
+    if v.name == "inductor":
+        v.fn = torch.compile(step, dynamic=False)
+        v.result.executor = f"torch.compile (inductor, {'triton' if cuda else 'cpp'})"
+        return
+    if v.name == "fusionlab":
+        v.executor, v.result.executor = executor, executor_name
+        v.backend = make_backend(plan, executor=executor)
+        v.result.report = v.backend.report
+    else:  # unfused: the same captured graphs with nothing selected
+        nothing = FusionPlan(plan.capture, plan.candidates)
+        if isinstance(executor, InductorGraphExecutor):
+            # the fusionlab variant's executor with nothing selected: the two differ
+            # only by the fusions the user picked
+            v.executor = InductorGraphExecutor(eager_outside_groups=executor.eager_outside_groups)
+            v.result.executor = "inductor-cpp (nothing fused)"
+        else:
+            v.result.executor = "captured ATen graphs, op by op"
+        v.backend = make_backend(nothing, executor=v.executor)
+    v.fn = torch.compile(step, backend=v.backend, dynamic=False)
+
+
+def _first_steps(variants: list[Variant], timer: Timer, verbose: bool) -> list[Variant]:
+    """The first step of each variant alone (it compiles the compiled ones); returns those that ran.
+
+    A variant that fails is kept with its error, so one failure does not lose the others;
+    eager failing means the model itself fails, and that is raised."""
+    for v in variants:
+        if verbose:
+            print(f"fusionlab.profile: first step of {v.name} ({v.result.executor}) ...")
+        keep_code = capture_inductor_code(v.codes) if v.name == "inductor" else contextlib.nullcontext()
+        try:
+            with keep_code:
+                v.result.first_step_s, v.first_loss = timer.time(v.step)
+        except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            v.result.error = f"{type(e).__name__}: {msg}"
+            if v.name == "eager":
+                raise
+    return [v for v in variants if v.result.error is None]
+
+
+def _backend_notes(live: list[Variant]) -> list[str]:
+    fl = next((v for v in live if v.name == "fusionlab"), None)
+    rep = fl.result.report if fl is not None else None
+    if rep is not None and not rep.graphs:
+        return ["fusionlab: the backend saw no graph (dynamo did not compile the step)"]
+    return []
+
+
+def _timed_rounds(live: list[Variant], timer: Timer, warmup: int, steps: int) -> None:
+    """Interleaved warm-up and measured steps, one step of each variant a round, the order rotating.
+
+    The garbage collector is off meanwhile, so a collection lands in no variant's time."""
+    losses: dict[str, list] = {v.name: [v.first_loss] for v in live}
+    gc.collect()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(warmup + steps):
+            k = i % len(live)
+            for v in live[k:] + live[:k]:
+                dt, loss = timer.time(v.step)
+                losses[v.name].append(loss)
+                if i >= warmup:
+                    v.result.samples.append(dt)
+    finally:
+        if gc_was:
+            gc.enable()
+    for v in live:
+        v.result.losses = [float(x) for x in losses[v.name]]
+
+
+def _count_kernels(plan, variants: list[Variant]) -> None:
+    """Kernels per step (forward + backward), from the generated code or the captured graphs."""
+    for v in variants:
+        r = v.result
+        if isinstance(v.executor, InductorGraphExecutor) and v.executor.graphs:
+            r.kernels_per_step = sum(g.kernels for g in v.executor.graphs)
+            r.kernels_how = "Inductor generated code"
+            r.loop_nests = sum(len(g.loops) for g in v.executor.graphs)
+        elif v.name in ("eager", "unfused"):
+            r.kernels_per_step = step_cost(plan, fused=False).launches
+            r.kernels_how = "captured graphs"
+        elif v.name == "fusionlab" and r.report is not None:
+            used = [s.candidate for s in r.report.used]
+            n = step_cost(plan, fused=True, selected=used).launches
+            if isinstance(v.executor, InductorGroupExecutor):
+                # a group compiled by Inductor may need more than one loop nest on CPU
+                n += sum(v.executor.groups[c].kernels - 1 for c in used
+                         if c in v.executor.groups and v.executor.groups[c].kernels > 0)
+            r.kernels_per_step = n
+            r.kernels_how = "captured graphs + compiled groups"
+        elif v.name == "inductor" and v.codes:
+            r.kernels_per_step = sum(count_generated_kernels(c) for c in v.codes)
+            r.kernels_how = "Inductor generated code"
+
+
+def _modeled(plan, variants: list[Variant], spec: GPUSpec, notes: list[str]) -> dict:
+    """The modeled columns: each variant's step on `spec` (eager and unfused: nothing fused)."""
+    modeled = {}
+    for v in variants:
+        if v.name in ("eager", "unfused"):
+            modeled[v.name] = roofline(plan, spec, fused=False)
+    fl = next((v for v in variants if v.name == "fusionlab"), None)
+    if fl is not None:
+        rep = fl.result.report
+        used = [s.candidate for s in rep.used] if rep is not None else []
+        modeled["fusionlab"] = roofline(plan, spec, fused=True, selected=used)
+        if rep is not None and rep.failed:
+            notes.append(f"fusionlab: {len(rep.failed)} selected group(s) ran unfused: "
+                         + "; ".join(f"{s.candidate}: {s.reason}" for s in rep.failed[:5]))
+    return modeled
+
+
+def _closing_notes(variants: list[Variant], cuda: bool) -> list[str]:
+    """What the kernel counts and memory figures count, and what ran the fusionlab variant on CPU."""
+    notes = ["kernels/step: forward + backward only (the optimizer step, the same in every variant, "
+             "is not counted); " + "; ".join(f"{v.name}: {v.result.kernels_how}" for v in variants
+                                             if v.result.kernels_how)]
+    nests = [v for v in variants if v.result.loop_nests is not None]
+    if nests:
+        notes.append("Inductor counts C++ function calls there; a function may hold several loop nests, "
+                     "each reading and writing memory: loop nests per step "
+                     + ", ".join(f"{v.name} {v.result.loop_nests}" for v in nests))
+    if cuda:
+        return notes
+    notes.append("peak memory: largest CPU allocator total above the step's start, from "
+                 "torch.profiler memory events of one profiled step")
+    fl = next((v for v in variants if v.name == "fusionlab"), None)
+    if fl is not None and fl.executor is None:
+        notes.append("fusionlab ran its Triton kernels in the Triton interpreter: correct, but its "
+                     "times say nothing about speed (use executor='inductor' on CPU)")
+    if fl is not None and getattr(fl.executor, "describe", None):
+        notes.append("fusionlab on CPU: " + fl.executor.describe())
+    return notes
+
+
+def _optimizer_name(optimizer) -> str:
+    return str(optimizer if not callable(optimizer) else getattr(optimizer, "__name__", "custom"))
