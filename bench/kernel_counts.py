@@ -37,19 +37,12 @@ import torch  # noqa: E402
 import fusionlab.zoo as zoo  # noqa: E402
 from fusionlab.candidates import find_candidates  # noqa: E402
 from fusionlab.capture import default_loss  # noqa: E402
+from fusionlab.nodecost import fmt_bytes  # noqa: E402
 from fusionlab.plan import FusionPlan  # noqa: E402
 
 _EXTERN = re.compile(r"\bextern_kernels\.(\w+)\(")
 _CPP_DEF = re.compile(r"^(cpp_fused_\w+)\s*=\s*async_compile\.cpp", re.M)
 _CPP_CALL = re.compile(r"^\s+(cpp_fused_\w+)\(", re.M)
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def fusionlab_counts(zm: zoo.ZooModel) -> dict:
@@ -135,7 +128,7 @@ def kernel_table(names: list[str]) -> None:
         print(
             f"{name:12} {f['eager_nonmatmul']:6d} {f['eager_matmul']:6d} {f['fused_nonmatmul']:9d} "
             f"{i['kernels']:8d} {i['cpp_calls']:8d} {i['extern']:8d} "
-            f"{_fmt_bytes(f['bytes_before']):>9} {_fmt_bytes(f['bytes_after']):>9}"
+            f"{fmt_bytes(f['bytes_before']):>9} {fmt_bytes(f['bytes_after']):>9}"
         )
     print()
     for name, f, i in rows:

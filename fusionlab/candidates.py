@@ -26,7 +26,6 @@ from .grouping import GroupFinder, aligns, node_shape
 from .nodecost import fmt_bytes, group_costs
 
 _shape = node_shape  # the pattern names below read shapes too
-_fmt_bytes = fmt_bytes  # until viz/ and widgets/ import nodecost.fmt_bytes
 __all__ = ["Candidate", "Candidates", "aligns", "find_candidates", "graph_candidates", "pattern_name"]
 
 # original_aten op -> the name a student recognises

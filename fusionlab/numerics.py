@@ -3,6 +3,8 @@
 ``check_numerics(model, inputs, plan)`` trains two copies of the model for a few steps, one
 eager and one through the plan's fused step, and reports per step the relative error of
 the loss, of the whole gradient and of the worst single parameter (:class:`NumericsCheck`).
+``NumericsCheck.ok()`` holds the loss and the whole gradient to the rtol of the model's
+dtype in the one tolerance table (:data:`fusionlab.check.TOLERANCES`), norm-wise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .capture import capture, preserved_state
+from .check import TOLERANCES, tolerance  # noqa: F401 (TOLERANCES: the table ok() reads)
 from .plan import plan_for
 from .profile_options import resolve_executor
 from .profiler.harness import device_of, fresh_step, make_optimizer
@@ -35,6 +38,7 @@ class NumericsCheck:
     param_rel: list[float]
     worst_param: list[str]
     report: object = None
+    dtype: torch.dtype = torch.float32  # the dtype of the model's parameters
 
     @property
     def max_rel(self) -> float:
@@ -45,8 +49,10 @@ class NumericsCheck:
     def max_param_rel(self) -> float:
         return max(self.param_rel) if self.param_rel else 0.0
 
-    def ok(self, tol: float = 1e-5) -> bool:
-        return self.max_rel <= tol
+    def ok(self, tol: float | None = None) -> bool:
+        """Loss and whole gradient within ``tol`` of eager (default: the dtype's rtol in
+        ``TOLERANCES``), every step."""
+        return self.max_rel <= (tolerance(self.dtype)[0] if tol is None else tol)
 
     def __repr__(self) -> str:
         rows = [f"step {i}: loss rel err {lo:.2e}, gradient rel err {g:.2e}, worst parameter {p:.2e} ({n})"
@@ -112,4 +118,5 @@ def check_numerics(model, inputs, plan=None, loss_fn=None, steps: int = 3, execu
                     o.zero_grad(set_to_none=True)
                 else:
                     mm.zero_grad(set_to_none=True)
-    return NumericsCheck(steps, loss_rel, grad_rel, param_rel, worst, backend.report)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return NumericsCheck(steps, loss_rel, grad_rel, param_rel, worst, backend.report, dtype)

@@ -11,14 +11,16 @@ from fusionlab.check import CheckResult, check_outputs, compare, compare_blowups
 
 
 def test_every_check_against_eager_uses_the_one_tolerance_table():
-    """Kernels, the Inductor executors and the fuzzer's oracle hold fused values to the same
-    table (the profiler's numerics check is wired to it where it lives)."""
-    import fusionlab.executors
+    """Kernels, the Inductor executors, the profiler's numerics check and the fuzzer's oracle
+    hold fused values to the same table."""
+    import fusionlab.executors.groups
     import fusionlab.kernels.kernel
+    import fusionlab.numerics
     import fusionlab.testing
     import fusionlab.testing.oracle
 
-    for caller in (fusionlab.kernels.kernel, fusionlab.executors, fusionlab.testing.oracle, fusionlab.testing):
+    for caller in (fusionlab.kernels.kernel, fusionlab.executors.groups, fusionlab.numerics,
+                   fusionlab.testing.oracle, fusionlab.testing):
         assert caller.TOLERANCES is check.TOLERANCES, caller.__name__
 
 
@@ -112,3 +114,14 @@ def test_the_tolerance_class_can_be_narrower_than_the_output():
     g = e + 0.01
     assert not compare(g, e)[0]
     assert compare(g, e, torch.bfloat16)[0]
+
+
+def test_the_numerics_check_reads_the_table(monkeypatch):
+    """NumericsCheck.ok() follows the table: tighten float32 and a step that passed fails."""
+    from fusionlab.numerics import NumericsCheck
+
+    chk = NumericsCheck(1, [1.5e-5], [1.0e-5], [1e-5], ["w"])
+    assert chk.ok()  # float32 rtol 2e-5
+    monkeypatch.setitem(check.TOLERANCES, torch.float32, (1e-5, 1e-5))
+    assert not chk.ok()
+    assert NumericsCheck(1, [1e-3], [1e-3], [1e-3], ["w"], dtype=torch.float16).ok()

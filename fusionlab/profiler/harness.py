@@ -1,6 +1,6 @@
 """The step harness: one variant's own training step, optimizer and clock.
 
-``fresh_step`` wraps a model and a loss in a ``_TrainStep`` (forward, loss) with a code
+``fresh_step`` wraps a model and a loss in a ``TrainStep`` (forward, loss) with a code
 object of its own; :class:`Variant` runs one whole training step of it (forward, loss,
 backward, optimizer step, zero_grad); :class:`Timer` times a step with CUDA events on a
 GPU and ``time.perf_counter`` on CPU.
@@ -10,39 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import time
-import types
 from collections.abc import Callable
 from unittest import mock
 
 import torch
 from torch.profiler import record_function
 
-from ..capture import _TrainStep
+from ..capture import TrainStep, fresh_entry
 from .results import VariantResult
 
-_FRESH = itertools.count()
 FWD_BWD = "fusionlab.profile: forward+backward"  # the torch.profiler range a kernel count reads
 
 
-def fresh_step(model, loss_fn, train: bool = True) -> _TrainStep:
-    """A ``_TrainStep`` whose forward is a code object of its own.
-
-    Dynamo keeps compiled code per code object with a recompile limit; a fresh code object
-    per profiled variant keeps profiles from using up the limit of ``_TrainStep.forward``
-    (shared with ``capture`` and ``FusedStep``), and keeps theirs from affecting ours.
-    """
-    n = next(_FRESH)
-    fwd = _TrainStep.forward
-    name = f"forward_profiled_{n}"
-    kw = {"co_name": name}
-    if hasattr(fwd.__code__, "co_qualname"):
-        kw["co_qualname"] = f"_ProfiledStep{n}.{name}"
-    code = fwd.__code__.replace(**kw)
-    f = types.FunctionType(code, fwd.__globals__, name, fwd.__defaults__, fwd.__closure__)
-    cls = type(f"_ProfiledStep{n}", (_TrainStep,), {"forward": f, "__module__": __name__})
-    return cls(model, loss_fn, train)
+def fresh_step(model, loss_fn, train: bool = True) -> TrainStep:
+    """A ``TrainStep`` whose forward is a code object of its own (``capture.fresh_entry``):
+    Dynamo keeps compiled code per code object with a recompile limit, so each profiled
+    variant gets its own, apart from ``capture``'s and ``FusedStep``'s."""
+    step = TrainStep(model, loss_fn, train)
+    step.forward = fresh_entry(step)
+    return step
 
 
 def make_optimizer(optimizer, params, lr: float):

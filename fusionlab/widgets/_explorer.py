@@ -10,19 +10,13 @@ from __future__ import annotations
 import html
 
 from .. import _env
-from ..candidates import _fmt_bytes
+from ..gpus import GPUS
+from ..nodecost import fmt_bytes
 from ..plan import FusionPlan, PlanError
 from ..profile_options import EXECUTORS, STEPS
 from . import _html
 
 TABLE_COLUMNS = "30px minmax(240px, 2fr) 80px 55px 120px minmax(120px, 1fr) 64px"
-
-
-def gpu_choices() -> list[str]:
-    """GPU spec sheets fusionlab.cost can model a step on."""
-    from .. import cost
-
-    return list(cost.GPUS)
 
 
 class Explorer:
@@ -82,7 +76,7 @@ class Explorer:
             self.code_buttons[c.id] = btn
             cells += [cb, w.HTML(f"<code>{html.escape(c.id)}</code>"),
                       w.HTML(f"{c.kernels_unfused} &rarr; 1"), w.HTML(str(len(c.nodes))),
-                      w.HTML(_fmt_bytes(c.bytes_saved)),
+                      w.HTML(fmt_bytes(c.bytes_saved)),
                       w.HTML(f"<span style='font-size:12px'>{html.escape(', '.join(c.modules[:3]))}</span>"),
                       btn]
         self.table = w.GridBox(cells, layout=w.Layout(
@@ -91,10 +85,8 @@ class Explorer:
 
         # plan summary (modeled)
         self.summary_html = w.HTML()
-        gpus = gpu_choices()
-        self.gpu = w.Dropdown(options=gpus, value="h100" if "h100" in gpus else (gpus or [None])[0],
-                              description="model on", layout=w.Layout(width="220px",
-                              display="" if gpus else "none"))
+        self.gpu = w.Dropdown(options=list(GPUS), value="h100", description="model on",
+                              layout=w.Layout(width="220px"))
         self.gpu.observe(lambda _c: self._refresh(), names="value")
         self.summary_chart = w.Output()
         self.candidates_chart = w.Output()
@@ -219,9 +211,7 @@ class Explorer:
     # ------------------------------------------------------------------ charts
 
     def _modeled_time_html(self) -> str:
-        """One line: the step modeled on the chosen GPU's spec (fusionlab.cost), if present."""
-        if not self.gpu.value:
-            return ""
+        """One line: the step modeled on the chosen GPU's spec (fusionlab.cost)."""
         from ..cost import roofline
 
         before = roofline(self.plan, self.gpu.value, fused=False)
@@ -305,7 +295,7 @@ class Explorer:
         self.kernel_info.value = (
             f"<div style='font-size:13px'><code>{html.escape(cid)}</code>: {c.kind} over "
             f"[{', '.join(map(str, c.domain))}], {len(c.nodes)} nodes, {c.kernels_unfused} kernels "
-            f"&rarr; 1, saves {_fmt_bytes(c.bytes_saved)} per step (modeled); <b>{state}</b></div>")
+            f"&rarr; 1, saves {fmt_bytes(c.bytes_saved)} per step (modeled); <b>{state}</b></div>")
 
     def _show_kernel(self) -> None:
         self._kernel_info()

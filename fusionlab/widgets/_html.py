@@ -78,10 +78,7 @@ def statuses_html(statuses) -> str:
 
 def summary_html(summary) -> str:
     """A PlanSummary as a small before/after table, labelled modeled."""
-    def fmt(n):
-        from ..candidates import _fmt_bytes
-
-        return _fmt_bytes(n)
+    from ..nodecost import fmt_bytes as fmt
 
     td = "<td style='text-align:right;padding:1px 12px'>"
     rows = "".join(
