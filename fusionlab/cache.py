@@ -64,7 +64,8 @@ def make_key(*parts: Any) -> str:
 def inspect_key(ks, target: str, triton_version: str, options: dict | None = None) -> str:
     """The key of one kernel's compile report for ``target``.
 
-    It covers the module text, signature, constexprs, num_warps, the target, the triton
+    It covers the module text, signature, constexprs, the integer arguments' values (the
+    compile specializes on them), num_warps, the target, the triton
     version and the compile options (including the TRITON_* settings that change code,
     such as the ptxas paths).
     """
@@ -74,6 +75,8 @@ def inspect_key(ks, target: str, triton_version: str, options: dict | None = Non
         ks.source,
         dict(ks.signature),
         dict(ks.constexprs),
+        dict(getattr(ks, "int_args", {}) or {}),
+        "jit-specialized/1",  # pointers 16-byte aligned, ints by value (see inspect/_worker.py)
         int(ks.num_warps),
         target,
         triton_version,

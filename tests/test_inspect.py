@@ -267,3 +267,18 @@ def test_pool_survives_and_is_reused():
     pool = workers.default_pool(2)
     assert pool is workers.default_pool(1) and pool.size >= 2
     assert "WorkerPool" in repr(pool)
+
+
+def test_integer_arguments_specialize_as_the_jit_would():
+    """Row lengths and strides are kernel arguments; Triton's JIT specializes on their values
+    (divisible by 16: tt.divisibility), so the inspector does too: a row of 1024 floats loads
+    with vector instructions, a row of 1000 cannot."""
+    import dataclasses
+
+    base = reduction()
+    by16 = dataclasses.replace(base, int_args={"xnumel": 64, "rnumel": 1024})
+    odd = dataclasses.replace(base, int_args={"xnumel": 64, "rnumel": 1000})
+    r16, rodd = inspect_many([by16, odd], "sm_90", cache=False, progress=False)
+    assert r16.error is None and rodd.error is None, (r16.error, rodd.error)
+    assert "ld.global.v" in r16.stages["ptx"]
+    assert "ld.global.v" not in rodd.stages["ptx"]

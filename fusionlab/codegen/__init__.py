@@ -77,6 +77,7 @@ def generate(
         launcher=f"launch_{name}",
         source=out["source"],
         signature=out["signature"],
+        int_args=out["int_args"],
         constexprs=out["constexprs"],
         num_warps=out["num_warps"],
         configs=out["configs"],

@@ -356,14 +356,17 @@ def emit(ir: KernelIR, *, persistent_max: int = PERSISTENT_MAX, header: str = ""
     source = "\n\n\n".join(p for p in parts if p) + "\n"
     signature = {t.key: "*" + ops.PTR_DTYPE[t.dtype] for t in ir.inputs + ir.outputs}
     row_strides = ir.layout.row_strides()
+    int_values = {}
     for name in int_args:
         value = row_strides.get(name.removesuffix("_row_stride"), 0)
         value = {"n_rows": ir.layout.xnumel, "n_cols": ir.layout.rnumel}.get(name, value)
         signature[name] = "i64" if abs(value) > INT32_MAX else "i32"
+        int_values[name] = int(value)
     return {
         "source": source,
         "kind": kind,
         "signature": signature,
+        "int_args": int_values,
         "constexprs": {k: v for k, v in gpu.items() if k != "num_warps"},
         "num_warps": gpu["num_warps"],
         "configs": gpu_configs(ir, kind),

@@ -28,6 +28,9 @@ class KernelSource:
     replaces: tuple[str, ...] = ()  # "node_name = aten.op(...)  # module" lines
     modules: tuple[str, ...] = ()  # source module paths, e.g. "h.0.mlp.act"
     model_name: str = ""
+    # the values the launcher passes for the kernel's integer arguments (n_rows, n_cols, row
+    # strides): a GPU-target compile specializes on them as Triton's JIT would
+    int_args: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -258,6 +258,7 @@ def inspect_many(
                         "source": ks.source,
                         "signature": dict(ks.signature),
                         "constexprs": dict(ks.constexprs),
+                        "int_args": dict(ks.int_args),
                         "num_warps": int(ks.num_warps),
                         "arch": arch,
                         "options": options or {},
