@@ -114,3 +114,26 @@ def test_module_is_small_or_says_why(path: Path):
         f"{path.relative_to(PACKAGE.parent)} has {lines} lines (> {MAX_LINES}); split it by job, "
         "or say in its docstring's first lines why it is one piece ('One piece: ...')"
     )
+
+
+def test_every_import_in_the_package_resolves():
+    """Imports inside functions included (lazy imports are how the UI stays optional, and
+    a module move leaves them broken where no linter looks)."""
+    import importlib
+
+    bad = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            src = _resolve(path, node)
+            if not src.startswith("fusionlab"):
+                continue
+            where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+            if not _is_module(src):
+                bad.append(f"{where}: no module {src}")
+                continue
+            mod = importlib.import_module(src)
+            bad += [f"{where}: {src} has no {a.name}" for a in node.names
+                    if a.name != "*" and not hasattr(mod, a.name) and not _is_module(f"{src}.{a.name}")]
+    assert not bad, "\n".join(bad)
