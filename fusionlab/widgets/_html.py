@@ -7,33 +7,63 @@ import html
 OK = "#047857"
 BAD = "#b91c1c"
 MUTED = "#6b7280"
+MARK = "#fde68a"  # the focused node's line in a kernel
 
 
-def code_html(source: str) -> str:
-    """Python source as highlighted HTML (pygments when present, plain otherwise)."""
+def code_html(source: str, mark: int | None = None, max_height: int = 520) -> str:
+    """Python source as highlighted HTML (pygments when present, plain otherwise); line
+    ``mark`` (1-based) is shaded and carries ``data-mark`` so a test or a reader finds it."""
+    style = (f"font-size:12px;line-height:1.35;max-height:{max_height}px;overflow:auto;"
+             "background:#f9fafb;border:1px solid #e5e7eb;padding:8px;margin:0")
+    lines = source.split("\n")
     try:
         from pygments import highlight
         from pygments.formatters import HtmlFormatter
         from pygments.lexers import PythonLexer
 
         body = highlight(source, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+        # pygments closes its spans at each line end with nowrap=False only; re-lex per line
+        # where a line is marked, so the mark never cuts a span in two
+        if mark:
+            out = body.split("\n")
+            if len(out) >= len(lines) and all(o.count("<span") == o.count("</span>") for o in out):
+                lines = out
+            else:
+                lines = [html.escape(x) for x in lines]
+        else:
+            lines = None
     except ImportError:
         body = html.escape(source)
-    return (
-        '<pre style="font-size:12px;line-height:1.35;max-height:520px;overflow:auto;'
-        f'background:#f9fafb;border:1px solid #e5e7eb;padding:8px;margin:0">{body}</pre>'
-    )
+        lines = [html.escape(x) for x in lines] if mark else None
+    if lines is not None:
+        i = mark - 1
+        if 0 <= i < len(lines):
+            lines[i] = (f'<span data-mark="{mark}" style="display:inline-block;min-width:100%;'
+                        f'background:{MARK}">{lines[i]}</span>')
+        body = "\n".join(lines)
+    return f'<pre style="{style}">{body}</pre>'
 
 
-def kernel_html(source: str, name: str) -> str:
-    """The kernel and its launcher first (after the module docstring); the whole module folded."""
+def node_line(source: str, node: str) -> int | None:
+    """The 1-based line of ``source`` that computes FX node ``node`` (``node = ...``)."""
+    if not node:
+        return None
+    for i, line in enumerate(source.split("\n"), 1):
+        if line.lstrip().startswith(f"{node} = "):
+            return i
+    return None
+
+
+def kernel_html(source: str, name: str, node: str = "") -> str:
+    """The kernel and its launcher first (after the module docstring), with the line that
+    computes ``node`` marked; the whole module folded below."""
     start = source.find(f"@triton.jit\ndef {name}(")
     if start < 0:
-        return code_html(source)
+        return code_html(source, node_line(source, node))
     doc_end = source.find('"""', 3) + 3 if source.startswith('"""') else 0
     shown = (source[:doc_end] + "\n\n# (imports and @triton.jit helpers: 'whole module' below)\n\n"
              + source[start:])
-    return (code_html(shown) + "<details><summary style='font-size:12px'>whole module "
+    return (code_html(shown, node_line(shown, node)) + "<details><summary style='font-size:12px'>whole module "
             f"({len(source.splitlines())} lines, importable as is)</summary>{code_html(source)}</details>")
 
 
@@ -101,3 +131,16 @@ def summary_html(summary) -> str:
         f"<th style='padding:1px 12px'>graph</th>{th}kernels unfused</th>{th}with plan</th>"
         f"{th}bytes unfused</th>{th}with plan</th></tr>{rows}</table>"
     )
+
+
+def zero_saving_note(c) -> str:
+    """Why a candidate that saves no bytes is listed at all ("" when it saves some)."""
+    return f" <span style='color:{MUTED}'>({html.escape(zero_saving_reason(c))})</span>" if c.bytes_saved <= 0 else ""
+
+
+def zero_saving_reason(c) -> str:
+    if c.bytes_saved > 0:
+        return ""
+    return (f"saves no memory traffic (modeled): its {len(c.nodes)} ops share no intermediate "
+            f"tensor, so each byte is read and written once either way; fusing only saves "
+            f"{c.kernels_unfused - 1} launch{'es' if c.kernels_unfused > 2 else ''}")
