@@ -60,6 +60,8 @@ def test_focus_node_shows_kernel_line_and_model_source(block):
     assert pane.cid == c.id and pane.node == f"{c.graph}:{node}"
     marked = re.search(r'<span data-mark="\d+"[^>]*>(.*?)</span>\n', pane.source.value, re.S)
     assert marked and html.unescape(re.sub(r"<[^>]+>", "", marked.group(1))).lstrip().startswith(f"{node} = ")
+    before = pane.source.value[:marked.start()]
+    assert f"def {ex.kernel(c.id).name}(" in html.unescape(re.sub(r"<[^>]+>", "", before))  # in the kernel, not its docstring
     src = ex.capture.graph(c.graph).nodes[node].source
     assert src in text(pane.node_info)  # the model line that produced the node
     # focusing a candidate from code (or its row) shows the same kernel, no node marked

@@ -61,7 +61,8 @@ class Explorer:
         self._ids = {c.id for c in self.plan.candidates}
         self._syncing = False
         self._charts_stale = True
-        self.graph = GraphWidget(self.plan, layout=w.Layout(width="55%", min_width="360px"))
+        self.graph = GraphWidget(self.plan, layout=w.Layout(width="55%", min_width="360px",
+                                                             overflow="hidden"))
         self.kernel_pane = KernelPane(self.plan, capture, background=background)
         self.profile_pane = ProfilePane(self, background=background)
         self._build()
@@ -131,6 +132,7 @@ class Explorer:
             btn = w.Button(description=c.id, tooltip=tip + (f"\n{zero}" if zero else ""),
                            layout=w.Layout(width="100%", height="24px", margin="0"))
             btn.style.font_family = "monospace"
+            btn.style.button_color = "#f9fafb"
             btn.on_click(self._guard(lambda _b, cid=c.id: self.focus(cid)))
             self.checkboxes[c.id] = cb
             self.focus_buttons[c.id] = btn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 OK = "#047857"
 BAD = "#b91c1c"
@@ -10,10 +11,12 @@ MUTED = "#6b7280"
 MARK = "#fde68a"  # the focused node's line in a kernel
 
 
-def code_html(source: str, mark: int | None = None, max_height: int = 520) -> str:
-    """Python source as highlighted HTML (pygments when present, plain otherwise); line
-    ``mark`` (1-based) is shaded and carries ``data-mark`` so a test or a reader finds it."""
-    style = (f"font-size:12px;line-height:1.35;max-height:{max_height}px;overflow:auto;"
+def code_html(source: str, marks=(), max_height: int = 520) -> str:
+    """Python source as highlighted HTML (pygments when present, plain otherwise); the lines
+    ``marks`` (1-based) are shaded and carry ``data-mark`` so a test or a reader finds them."""
+    marks = sorted(marks)
+    mark = marks[0] if marks else None
+    style = (f"font-size:12px;line-height:1.35;max-height:{max_height}px;overflow:auto;white-space:pre;"
              "background:#f9fafb;border:1px solid #e5e7eb;padding:8px;margin:0")
     lines = source.split("\n")
     try:
@@ -22,8 +25,8 @@ def code_html(source: str, mark: int | None = None, max_height: int = 520) -> st
         from pygments.lexers import PythonLexer
 
         body = highlight(source, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
-        # pygments closes its spans at each line end with nowrap=False only; re-lex per line
-        # where a line is marked, so the mark never cuts a span in two
+        # pygments closes its spans at each line end; where one does not (a change of
+        # pygments), the lines lose their colours rather than a mark cutting a span in two
         if mark:
             out = body.split("\n")
             if len(out) >= len(lines) and all(o.count("<span") == o.count("</span>") for o in out):
@@ -36,34 +39,40 @@ def code_html(source: str, mark: int | None = None, max_height: int = 520) -> st
         body = html.escape(source)
         lines = [html.escape(x) for x in lines] if mark else None
     if lines is not None:
-        i = mark - 1
-        if 0 <= i < len(lines):
-            lines[i] = (f'<span data-mark="{mark}" style="display:inline-block;min-width:100%;'
-                        f'background:{MARK}">{lines[i]}</span>')
+        for m in marks:
+            if 0 < m <= len(lines):
+                lines[m - 1] = (f'<span data-mark="{m}" style="display:inline-block;min-width:100%;'
+                                f'background:{MARK}">{lines[m - 1]}</span>')
         body = "\n".join(lines)
     return f'<pre style="{style}">{body}</pre>'
 
 
-def node_line(source: str, node: str) -> int | None:
-    """The 1-based line of ``source`` that computes FX node ``node`` (``node = ...``)."""
+def node_lines(source: str, node: str, name: str = "") -> list[int]:
+    """The 1-based lines of ``source`` that compute FX node ``node``: ``node = ...``, else the
+    steps of a reduction (``var_mean_sum = ...``), else where it is stored (``# node: ...``);
+    in kernel ``name`` when given (the module docstring lists the ATen lines too)."""
     if not node:
-        return None
-    for i, line in enumerate(source.split("\n"), 1):
-        if line.lstrip().startswith(f"{node} = "):
-            return i
-    return None
+        return []
+    lines = source.split("\n")
+    start = next((i for i, x in enumerate(lines) if x.startswith(f"def {name}(")), 0) if name else 0
+    body = list(enumerate(lines[start:], start + 1))
+    for test in (lambda x: x.lstrip().startswith(f"{node} = "),
+                 lambda x: re.match(rf"\s*{re.escape(node)}_[a-z0-9]+ = ", x) is not None,
+                 lambda x: f"# {node}: " in x):
+        found = [i for i, x in body if test(x)]
+        if found:
+            return found
+    return []
 
 
 def kernel_html(source: str, name: str, node: str = "") -> str:
-    """The kernel and its launcher first (after the module docstring), with the line that
-    computes ``node`` marked; the whole module folded below."""
+    """The kernel and its launcher first, with the lines that compute ``node`` marked; the
+    whole module (its docstring lists the ATen ops replaced; imports, helpers) folded below."""
     start = source.find(f"@triton.jit\ndef {name}(")
     if start < 0:
-        return code_html(source, node_line(source, node))
-    doc_end = source.find('"""', 3) + 3 if source.startswith('"""') else 0
-    shown = (source[:doc_end] + "\n\n# (imports and @triton.jit helpers: 'whole module' below)\n\n"
-             + source[start:])
-    return (code_html(shown, node_line(shown, node)) + "<details><summary style='font-size:12px'>whole module "
+        return code_html(source, node_lines(source, node, name))
+    shown = "# (module docstring, imports and @triton.jit helpers: 'whole module' below)\n\n" + source[start:]
+    return (code_html(shown, node_lines(shown, node, name)) + "<details><summary style='font-size:12px'>whole module "
             f"({len(source.splitlines())} lines, importable as is)</summary>{code_html(source)}</details>")
 
 
