@@ -149,6 +149,14 @@ class FusionPlan:
         self._commit({})
         return self
 
+    def unselected_backward(self, *patterns: str) -> list[Candidate]:
+        """The backward candidates of forward patterns ("softmax" -> those with a
+        ``softmax_backward`` component) that are not selected. Selecting a pattern selects
+        the forward fusion only: its gradient is another candidate, in another graph."""
+        keys = [f"{p}_backward" for p in patterns if isinstance(p, str) and not p.endswith("_backward")]
+        return [c for c in self.candidates if c.id not in self._selected
+                and any(c.matches(k) for k in keys)]
+
     @property
     def selected(self) -> list[Candidate]:
         return [c for c in self.candidates if c.id in self._selected]

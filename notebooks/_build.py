@@ -405,13 +405,15 @@ EXPLORER = [
 
 **What you will learn**
 
-* open the explorer on a model: a table of fusion candidates with checkboxes, the graphs, the
-  generated kernel of any candidate, a plan summary and a profiler;
+* open the explorer on a model: the fusion candidates, the graph of the training step (forward
+  and backward, candidates drawn as clusters), the Triton kernel of whatever you click, a plan
+  summary and a profiler, all linked;
 * drive the same explorer from code: its state is a plain `FusionPlan`;
 * use `%load_ext fusionlab` and the `%fusionlab` magic to profile from one line.
 
 Numbers in the explorer say whether they are *modeled* (counted from the graph, or from a
-GPU's spec sheet) or *measured* (and where).
+GPU's spec sheet) or *measured* (and where). The graph is drawn in your browser by Graphviz
+compiled to WebAssembly, shipped inside fusionlab: it needs no `dot` program and no network.
 """),
     code("""
 import fusionlab  # first: it switches Triton to the interpreter when there is no GPU
@@ -422,30 +424,40 @@ ex = fusionlab.explore(m.model, *m.inputs, loss_fn=m.loss_fn)
 ex
 """),
     md("""
-Tick a checkbox to add a candidate to the plan; the summary, the charts and the graphs follow.
-A selection the plan refuses shows its reason above the table and the box unticks itself.
-Press **code** on a row for its Triton kernel, then **check against PyTorch**.
+How to work in it:
+
+* **click a candidate's cluster** in the graph (or tick its box in the list) to add it to the
+  plan; click again to take it out. The list, the graph and the summary follow. A selection
+  the plan refuses shows its reason in the message line and everything goes back.
+* **click a node**: the kernel pane shows the Triton kernel of the candidate holding it, with
+  the lines computing that node marked, and the line of *your model* that produced the node.
+  Clicking a row in the list does the same for a candidate.
+* **click a module box** (a collapsed block) to open it; **collapse all** closes them; the
+  search box finds a node, op or module; drag to pan, scroll to zoom; `bw0` shows the backward.
 
 Everything the widgets do is also a method. `ex.plan` is the `FusionPlan` behind them:
 """),
     code("""
-ex.select("softmax", "layer_norm")
+ex.select("softmax", "layer_norm")  # the message line names the backward candidates to add
 print(ex.plan)
-print({cid: cb.value for cid, cb in ex.checkboxes.items()})
+print("graph shows as selected:", ex.graph.selected)
 """),
     code("""
 ex.plan.summary()  # the same numbers as the summary tab (modeled)
 """),
     code("""
 cid = ex.plan.selected[0].id
-ex.show_kernel(cid)  # what the 'code' button does: the kernel tab now shows this source
+ex.focus(cid)        # what clicking its cluster or its row does: the kernel pane shows it
 src = ex.kernel_text
 print(src[src.index("@triton.jit\\ndef fused_"):src.index("def _fix_layout")])
 print(ex.check())    # what 'check against PyTorch' does
 """),
     code("""
-ex.show_graph("bw0")  # what clicking the 'bw0 graph' tab does: draw it, selection highlighted
-print("the explorer now shows:", ex.tabs.get_title(ex.tabs.selected_index))
+c = ex.plan.selected[0]
+ex.focus(f"{c.graph}:{c.nodes[0]}")  # what clicking a node does: its kernel lines are marked
+print("model source of", c.nodes[0], "->", ex.capture.graph(c.graph).nodes[c.nodes[0]].source)
+ex.expand("attn")     # what clicking the 'attn' module box does (it is open already here)
+ex.show_graph("bw0")  # what the 'bw0' button above the graph does
 """),
     md("""
 ## Profile (measured)

@@ -82,14 +82,14 @@ def test_refused_selection_shows_plan_error_and_reverts(cap):
 
 def test_kernel_pane_shows_triton_source_and_checks(ex):
     cid = next(c.id for c in ex.plan.candidates if c.pattern == "gelu")
-    ex.code_buttons[cid].click()
-    assert ex.kernel_choice.value == cid and ex.tabs.selected_index == 1
-    shown = text(ex.kernel_source)
+    ex.focus_buttons[cid].click()  # a click on the candidate's row
+    assert ex.kernel_pane.cid == cid and ex.graph.focus_candidate == cid
+    shown = text(ex.kernel_pane.source)
     assert "@triton.jit" in shown and "@triton.jit" in ex.kernel_text
     assert "aten.erf" in shown
-    assert "not checked" in text(ex.check_result)
-    ex.check_button.click()
-    assert text(ex.check_result).startswith("ok")
+    assert "not checked" in text(ex.kernel_pane.check_result)
+    ex.kernel_pane.check_button.click()
+    assert text(ex.kernel_pane.check_result).startswith("ok")
     assert ex.kernel(cid).check_result.ok
 
 
@@ -98,7 +98,8 @@ def test_check_selected_builds_plan_kernels(ex):
     ex.checkboxes[cid].value = True
     kernel_set = ex.check_selected()
     assert len(kernel_set.statuses) == 1
-    assert cid in text(ex.statuses) and "ok" in text(ex.statuses)
+    statuses = text(ex.kernel_pane.statuses)
+    assert cid in statuses and "ok" in statuses
 
 
 def test_summary_pane_follows_selection(ex):
@@ -117,15 +118,6 @@ def test_summary_pane_follows_selection(ex):
         assert "modeled (" in after and "ms" in after
 
 
-def test_graph_pane_draws_on_demand_and_highlights(ex):
-    assert ex.graph_panes["fw0"].value == ""  # drawn when its tab is shown
-    ex.show_graph("fw0")
-    cid = next(c.id for c in ex.plan.candidates if c.graph == "fw0")
-    assert cid in ex.graph_panes["fw0"].value
-    ex.checkboxes[cid].value = True  # the visible graph is redrawn with the selection
-    assert f"[x] {cid}" in text(ex.graph_panes["fw0"]) or "&#9745;" in ex.graph_panes["fw0"].value
-
-
 def test_display_protocols(ex):
     bundle = ex._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
@@ -139,16 +131,17 @@ def profiled(mlp, cap):
     fusionlab, each group compiled alone by Inductor (a real, small profile)."""
     ex = explore(mlp.model, *mlp.inputs, capture=cap)
     ex.plan.select("gelu")
-    ex.profile_steps.value = 2
-    ex.profile_variants["unfused"].value = False
-    ex.profile_executor.value = "inductor-groups"
-    ex.profile_button.click()
+    pane = ex.profile_pane
+    pane.steps.value = 2
+    pane.variants["unfused"].value = False
+    pane.executor.value = "inductor-groups"
+    pane.button.click()
     return ex
 
 
 def test_profile_tab_controls_drive_the_profile(profiled):
     result = profiled.profile_result
-    assert result is not None, profiled.profile_html.value
+    assert result is not None, profiled.profile_pane.html.value
     assert [v.name for v in result.variants] == ["eager", "fusionlab"]
     assert (result.steps, result.warmup) == (2, 1)
     assert all(len(v.samples) == 2 for v in result.variants)
@@ -157,7 +150,7 @@ def test_profile_tab_controls_drive_the_profile(profiled):
 
 
 def test_profile_pane_shows_the_table_and_figure(profiled):
-    shown = text(profiled.profile_html)
+    shown = text(profiled.profile_pane.html)
     assert "Measured on cpu" in shown and "modeled (H100 SXM spec)" in shown
     assert "inductor-cpp (per group)" in shown
     assert profiled.figures["profile"].data
@@ -166,4 +159,4 @@ def test_profile_pane_shows_the_table_and_figure(profiled):
 def test_profile_without_inputs_says_so(cap):
     ex = Explorer(cap)  # no inputs given
     assert ex.profile(steps=1) is None
-    assert "needs the model and its inputs" in text(ex.profile_html)
+    assert "needs the model and its inputs" in text(ex.profile_pane.html)

@@ -1,8 +1,19 @@
-"""The explorer: one FusionPlan behind a candidates table, graph, kernel, summary and profile panes.
+"""The explorer: one FusionPlan behind a candidate list, the graph, the kernel, summary and
+profile panes, every view linked to the others.
 
-State is plain: ``Explorer.plan`` is the FusionPlan, every widget reads it and writes it
-only through ``plan.select``/``plan.deselect``. A refused selection (PlanError) is shown
-in the message line and the checkboxes are put back to what the plan holds.
+State is plain: ``Explorer.plan`` is the FusionPlan, and the graph widget
+(``widgets.graph.GraphWidget``) holds the same plan. Every change goes through
+``plan.select``/``plan.deselect``, whoever makes it (a checkbox, a click on a cluster, code),
+and then every view re-reads the plan:
+
+- selection: checkbox / cluster click / ``ex.select`` -> plan -> checkboxes, graph, summary
+- focus: node or cluster click / list row / ``ex.focus`` -> graph ``focused`` and
+  ``focus_candidate`` -> the kernel pane shows that candidate's Triton source with the
+  node's line marked, and the model source line the node came from
+- ``ex.expand(module)`` opens a module box in the graph.
+
+A refused selection (PlanError) and any error in a callback are shown in the message line
+(and the graph's), never raised into the notebook; the checkboxes go back to the plan.
 """
 
 from __future__ import annotations
@@ -13,18 +24,30 @@ from .. import _env
 from ..gpus import GPUS
 from ..nodecost import fmt_bytes
 from ..plan import FusionPlan, PlanError
-from ..profile_options import EXECUTORS, STEPS
 from . import _html
+from ._kernel_pane import KernelPane
+from ._profile_pane import ProfilePane
 
-TABLE_COLUMNS = "30px minmax(240px, 2fr) 80px 55px 120px minmax(120px, 1fr) 64px"
+TABLE_COLUMNS = "28px minmax(160px, 2fr) 64px 150px minmax(0, 1fr)"
+ELLIPSIS = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:12px"
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
 
 
 class Explorer:
     """An ipywidgets app over one capture: pick fusions, read and check their kernels."""
 
     def __init__(self, capture, plan: FusionPlan | None = None, *, model=None, inputs=(), loss_fn=None,
-                 collapse_views: bool = True):
+                 background: bool | None = None):
         import ipywidgets as w
+
+        from .graph import GraphWidget
 
         self._w = w
         self.capture = capture
@@ -32,19 +55,26 @@ class Explorer:
         self.model = model if model is not None else capture.meta.get("model")
         self.inputs = tuple(inputs)
         self.loss_fn = loss_fn if loss_fn is not None else capture.meta.get("loss_fn")
-        self.kernels: dict = {}  # candidate id -> Kernel (generated on demand)
-        self.kernel_text = ""  # plain source shown in the kernel pane
+        background = _in_kernel() if background is None else background
         self.figures: dict = {}  # "summary" / "candidates" / "profile" -> latest plotly figure
-        self.profile_result = None
+        self._owner = {f"{c.graph}:{n}": c.id for c in self.plan.candidates for n in c.nodes}
+        self._ids = {c.id for c in self.plan.candidates}
         self._syncing = False
-        self._stale_graphs: set[str] = set()
-        self._build(collapse_views)
+        self._charts_stale = True
+        self.graph = GraphWidget(self.plan, layout=w.Layout(width="55%", min_width="360px",
+                                                             overflow="hidden"))
+        self.kernel_pane = KernelPane(self.plan, capture, background=background)
+        self.profile_pane = ProfilePane(self, background=background)
+        self._build()
+        for name, fn in (("selected", self._on_graph_selected), ("focused", self._on_graph_focus),
+                         ("focus_candidate", self._on_graph_focus), ("message", self._on_graph_message)):
+            self.graph.observe(self._guard(fn), name)
         self._refresh()
-        self._show_kernel()
+        self.kernel_pane.show(None)
 
     # ------------------------------------------------------------------ layout
 
-    def _build(self, collapse_views: bool) -> None:
+    def _build(self) -> None:
         w = self._w
         cap = self.capture
         graphs = ", ".join(f"{g.tag} {len(g.nodes)} nodes" for g in cap.graphs)
@@ -57,38 +87,17 @@ class Explorer:
         )
         self.select_all_button = w.Button(description="select all", icon="check-square")
         self.clear_button = w.Button(description="clear", icon="square-o")
-        self.select_all_button.on_click(lambda _b: self._apply(self.plan.select_all, "selected all"))
-        self.clear_button.on_click(lambda _b: self._apply(self.plan.clear, "cleared the selection"))
+        self.select_all_button.on_click(self._guard(lambda _b: self._apply(self.plan.select_all, "selected all")))
+        self.clear_button.on_click(self._guard(lambda _b: self._apply(self.plan.clear, "cleared the selection")))
         self.message = w.HTML()
+        self.table = self._table()
 
-        cells = [w.HTML(f"<b>{h}</b>") for h in
-                 ("", "candidate", "kernels", "nodes", "saves (modeled)", "modules", "")]
-        self.checkboxes: dict = {}
-        self.code_buttons: dict = {}
-        for c in self.plan.candidates:
-            cb = w.Checkbox(value=self.plan.is_selected(c.id), indent=False,
-                            layout=w.Layout(width="28px"))
-            cb.observe(lambda change, cid=c.id: self._on_toggle(cid, change), names="value")
-            btn = w.Button(description="code", tooltip=f"show the kernel of {c.id}",
-                           layout=w.Layout(width="60px", height="24px"))
-            btn.on_click(lambda _b, cid=c.id: self.show_kernel(cid))
-            self.checkboxes[c.id] = cb
-            self.code_buttons[c.id] = btn
-            cells += [cb, w.HTML(f"<code>{html.escape(c.id)}</code>"),
-                      w.HTML(f"{c.kernels_unfused} &rarr; 1"), w.HTML(str(len(c.nodes))),
-                      w.HTML(fmt_bytes(c.bytes_saved)),
-                      w.HTML(f"<span style='font-size:12px'>{html.escape(', '.join(c.modules[:3]))}</span>"),
-                      btn]
-        self.table = w.GridBox(cells, layout=w.Layout(
-            grid_template_columns=TABLE_COLUMNS, grid_gap="0px 8px", align_items="center",
-            max_height="330px", overflow="auto", border="1px solid #e5e7eb", padding="4px"))
-
-        # plan summary (modeled)
+        # summary (modeled): charts drawn while their tab shows (plotly sizes itself then)
         self.summary_html = w.HTML()
         self.gpu = w.Dropdown(options=list(GPUS), value="h100", description="model on",
                               layout=w.Layout(width="220px"))
-        self.gpu.observe(lambda _c: self._refresh(), names="value")
-        self.summary_chart = w.Output()
+        self.gpu.observe(self._guard(lambda _c: self._refresh()), names="value")
+        self.summary_chart = w.Output(layout=w.Layout(min_height="300px"))
         self.candidates_chart = w.Output()
         why = html.escape(self.plan.candidates.why_not(limit=60))
         self.why_not = w.HTML(
@@ -96,72 +105,63 @@ class Explorer:
             f"<pre style='font-size:12px;max-height:260px;overflow:auto'>{why or '(none)'}</pre></details>")
         summary_tab = w.VBox([self.gpu, self.summary_html, self.summary_chart, self.candidates_chart,
                               self.why_not])
-
-        # kernel
-        options = [(c.id, c.id) for c in self.plan.candidates]
-        first = self.plan.selected[0].id if self.plan.selected else (options[0][1] if options else None)
-        self.kernel_choice = w.Dropdown(options=options, value=first, description="candidate",
-                                        layout=w.Layout(width="520px"))
-        self.kernel_choice.observe(lambda _c: self._show_kernel(), names="value")
-        self.check_button = w.Button(description="check against PyTorch", icon="check",
-                                     button_style="info", layout=w.Layout(width="210px"))
-        self.check_button.on_click(lambda _b: self.check())
-        self.check_selected_button = w.Button(description="build & check all selected",
-                                              layout=w.Layout(width="230px"))
-        self.check_selected_button.on_click(lambda _b: self.check_selected())
-        self.kernel_info = w.HTML()
-        self.check_result = w.HTML()
-        self.kernel_source = w.HTML()
-        self.statuses = w.HTML()
-        kernel_tab = w.VBox([
-            w.HBox([self.kernel_choice, self.check_button, self.check_selected_button]),
-            self.kernel_info, self.check_result, self.kernel_source, self.statuses])
-
-        # graphs
-        self.collapse_views = w.Checkbox(value=collapse_views, description="collapse views",
-                                         indent=False, layout=w.Layout(width="140px"))
-        self.fit_width = w.Checkbox(value=True, description="fit to width", indent=False,
-                                    layout=w.Layout(width="140px"))
-        for box in (self.collapse_views, self.fit_width):
-            box.observe(lambda _c: self._graphs_changed(), names="value")
-        self.graph_panes = {g.tag: w.HTML() for g in cap.graphs}
-        self._stale_graphs = set(self.graph_panes)
-
-        # profile (measured)
-        self.profile_output = w.Output()
-        self.profile_html = w.HTML()
-        self.profile_button = w.Button(description="profile fused vs unfused (measured)",
-                                       icon="tachometer", layout=w.Layout(width="300px"))
-        self.profile_button.on_click(lambda _b: self.profile(**self.profile_options()))
-        self.profile_steps = w.IntSlider(value=STEPS, min=1, max=200, description="steps",
-                                         layout=w.Layout(width="320px"))
-        self.profile_variants = {
-            name: w.Checkbox(value=name in ("eager", "unfused", "fusionlab"), description=name,
-                             indent=False, layout=w.Layout(width="95px"))
-            for name in ("eager", "unfused", "fusionlab", "inductor")
-        }
-        self.profile_executor = w.Dropdown(
-            options=list(EXECUTORS), value="auto",
-            description="executor", layout=w.Layout(width="260px"),
-            tooltip="auto: Triton on a GPU; on CPU Inductor, fusing only inside your groups")
-        self.profile_html.value = _html.message(
-            "Runs training steps with and without the plan and measures them on this machine. "
-            "unfused: the same executor with nothing selected; inductor: plain torch.compile.")
-        controls = w.HBox([self.profile_steps, *self.profile_variants.values(), self.profile_executor])
-        profile_tab = w.VBox([controls, self.profile_button, self.profile_html, self.profile_output])
-
-        graph_tabs = [w.VBox([w.HBox([self.collapse_views, self.fit_width]), self.graph_panes[g.tag]])
-                      for g in cap.graphs]
-        self._tab_graph = {2 + i: g.tag for i, g in enumerate(cap.graphs)}
-        self.tabs = w.Tab(children=[summary_tab, kernel_tab, *graph_tabs, profile_tab])
-        titles = ["summary", "kernel", *(f"{g.tag} graph" for g in cap.graphs), "profile"]
-        for i, t in enumerate(titles):
+        self.tabs = w.Tab(children=[summary_tab, self.profile_pane.box])
+        for i, t in enumerate(("summary (modeled)", "profile (measured)")):
             self.tabs.set_title(i, t)
-        self.tabs.observe(lambda _c: self._render_visible_graph(), names="selected_index")
+        self.tabs.observe(self._guard(lambda _c: self._charts()), names="selected_index")
 
-        buttons = w.HBox([self.select_all_button, self.clear_button])
-        self.ui = w.VBox([self.header, buttons, self.message, self.table, self.tabs],
+        buttons = w.HBox([self.select_all_button, self.clear_button, self.message])
+        panes = w.HBox([self.graph, self.kernel_pane.box], layout=w.Layout(width="100%"))
+        self.ui = w.VBox([self.header, buttons, self.table, panes, self.tabs],
                          layout=w.Layout(width="100%"))
+
+    def _table(self):
+        """One line per candidate: checkbox (in the plan), id (click: focus), kernels, saves,
+        modules. Long text is cut with an ellipsis; the whole of it is in the tooltip."""
+        w = self._w
+        cells = [w.HTML(f"<b>{h}</b>") for h in ("", "candidate (click: show)", "kernels",
+                                                  "saves (modeled)", "modules")]
+        self.checkboxes: dict = {}
+        self.focus_buttons: dict = {}
+        for c in self.plan.candidates:
+            cb = w.Checkbox(value=self.plan.is_selected(c.id), indent=False,
+                            layout=w.Layout(width="24px"))
+            cb.observe(self._guard(lambda change, cid=c.id: self._on_toggle(cid, change)), names="value")
+            zero = _html.zero_saving_reason(c)
+            tip = f"{c.id}: {c.pattern}, {len(c.nodes)} nodes in {', '.join(c.modules)}"
+            btn = w.Button(description=c.id, tooltip=tip + (f"\n{zero}" if zero else ""),
+                           layout=w.Layout(width="100%", height="24px", margin="0"))
+            btn.style.font_family = "monospace"
+            btn.style.button_color = "#f9fafb"
+            btn.on_click(self._guard(lambda _b, cid=c.id: self.focus(cid)))
+            self.checkboxes[c.id] = cb
+            self.focus_buttons[c.id] = btn
+            saves = (f"<div style='{ELLIPSIS}' title='{html.escape(zero, quote=True)}'>0 B "
+                     "<i>(launches only)</i></div>") if zero else fmt_bytes(c.bytes_saved)
+            mods = ", ".join(c.modules)
+            cells += [cb, btn, w.HTML(f"{c.kernels_unfused} &rarr; 1"), w.HTML(saves),
+                      w.HTML(f"<div style='{ELLIPSIS}' title='{html.escape(mods, quote=True)}'>"
+                             f"{html.escape(mods)}</div>", layout=w.Layout(min_width="0", overflow="hidden"))]
+        return w.GridBox(cells, layout=w.Layout(
+            grid_template_columns=TABLE_COLUMNS, grid_gap="1px 8px", align_items="center",
+            grid_auto_rows="26px", max_height="290px", overflow="auto",
+            border="1px solid #e5e7eb", padding="4px"))
+
+    # ------------------------------------------------------------------ errors
+
+    def _guard(self, fn):
+        """`fn` as a widget callback: an exception is shown in the message line, not raised."""
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a callback's error belongs in the widget
+                self.error(f"{type(e).__name__}: {e}")
+                return None
+        return run
+
+    def error(self, text: str) -> None:
+        self.message.value = _html.message(text, "error")
+        self.graph.message = text
 
     # ------------------------------------------------------------------ selection
 
@@ -172,20 +172,32 @@ class Explorer:
         self._apply(lambda: action(cid), f"{'selected' if change['new'] else 'deselected'} {cid}")
 
     def _apply(self, fn, done: str) -> bool:
-        """Run one plan change; on PlanError show it and put every checkbox back."""
+        """Run one plan change; on PlanError show it and put every view back to the plan."""
         try:
             fn()
         except PlanError as e:
-            self.message.value = _html.message(f"refused: {e}", "error")
+            self.error(f"refused: {e}")
             self._sync_checkboxes()
             return False
         self.message.value = _html.message(done, "info")
+        self.graph.message = ""
         self._refresh()
         return True
 
     def select(self, *keys) -> Explorer:
-        """``plan.select(*keys)`` through the UI (a refusal is shown, not raised)."""
-        self._apply(lambda: self.plan.select(*keys), f"selected {', '.join(map(str, keys))}")
+        """``plan.select(*keys)`` through the UI (a refusal is shown, not raised). A pattern
+        name selects its forward candidates; the message names the backward ones to add."""
+        done = f"selected {', '.join(map(str, keys))}"
+        patterns = [k for k in keys if isinstance(k, str) and k not in self._ids]
+        if self._apply(lambda: self.plan.select(*keys), done):
+            rest = self.plan.unselected_backward(*patterns)
+            if rest:
+                names = [f"{p}_backward" for p in patterns
+                         if any(c.matches(f"{p}_backward") for c in rest)]
+                self.message.value = _html.message(
+                    f"{done}. Its gradient is computed by separate backward candidates, not selected: "
+                    f"{', '.join(c.id for c in rest)}; ex.select({', '.join(map(repr, names))}) "
+                    "fuses them too", "info")
         return self
 
     def deselect(self, *keys) -> Explorer:
@@ -200,15 +212,77 @@ class Explorer:
         finally:
             self._syncing = False
 
-    def _refresh(self) -> None:
+    def _refresh(self, graph: bool = True) -> None:
         self._sync_checkboxes()
-        summary = self.plan.summary()
-        self.summary_html.value = _html.summary_html(summary) + self._modeled_time_html()
+        if graph:
+            self._syncing = True  # the graph follows the plan: not a click to answer
+            try:
+                self.graph.refresh()
+            finally:
+                self._syncing = False
+        self.summary_html.value = _html.summary_html(self.plan.summary()) + self._modeled_time_html()
+        self._charts_stale = True
         self._charts()
-        self._kernel_info()
-        self._graphs_changed()
+        self.kernel_pane.info()
 
-    # ------------------------------------------------------------------ charts
+    # ------------------------------------------------------------------ graph -> explorer
+
+    def _on_graph_selected(self, _change) -> None:
+        """A cluster was clicked (the graph widget has already applied it to the plan)."""
+        if self._syncing:
+            return
+        if not self.graph.message.startswith("refused"):
+            self.message.value = _html.message(f"{len(self.plan.selected)} candidates selected", "info")
+        self._refresh(graph=False)
+
+    def _on_graph_focus(self, _change) -> None:
+        node = self.graph.focused
+        cid = self._owner.get(node) if node else (self.graph.focus_candidate or None)
+        self.kernel_pane.show(cid, node)
+
+    def _on_graph_message(self, change) -> None:
+        if change["new"]:
+            self.message.value = _html.message(change["new"], "error" if change["new"].startswith(
+                ("refused", "no ")) else "info")
+
+    # ------------------------------------------------------------------ scripting the graph
+
+    def focus(self, key: str) -> Explorer:
+        """Focus a candidate id, a node ("fw0:mul_5") or a module: the graph shows it and
+        the kernel pane shows its candidate's kernel (a bad key is shown, not raised)."""
+        try:
+            self.graph.focus(key)
+        except KeyError as e:
+            self.error(str(e.args[0]) if e.args else str(e))
+        return self
+
+    def expand(self, *modules: str) -> Explorer:
+        """Open module boxes in the graph; "h.0" finds "model.transformer.h.0"."""
+        try:
+            self.graph.expand(*(self._module(m) for m in modules))
+        except KeyError as e:
+            self.error(str(e.args[0]) if e.args else str(e))
+        return self
+
+    def collapse(self, *modules: str) -> Explorer:
+        self.graph.collapse(*(self._module(m) for m in modules))
+        return self
+
+    def _module(self, path: str) -> str:
+        mods = self.graph.data.modules
+        if path in mods:
+            return path
+        found = [m for m in mods if m.endswith("." + path)]
+        if len(found) == 1:
+            return found[0]
+        raise KeyError(f"no module {path!r} in {self.graph.graph}" if not found else
+                       f"{path!r} is ambiguous: {', '.join(found[:4])}")
+
+    def show_graph(self, tag: str) -> Explorer:
+        self.graph.show(tag)
+        return self
+
+    # ------------------------------------------------------------------ summary charts
 
     def _modeled_time_html(self) -> str:
         """One line: the step modeled on the chosen GPU's spec (fusionlab.cost)."""
@@ -221,162 +295,69 @@ class Explorer:
                 f"{after.launches} launches; roofline per kernel plus launch overhead)</div>")
 
     def _charts(self) -> None:
+        """Draw the summary charts when their tab shows: a plotly chart drawn while hidden
+        gets no height (it sizes itself to its box), so a hidden tab waits until shown."""
+        if not self._charts_stale or self.tabs.selected_index != 0:
+            return
         try:
             from ..viz import candidates_figure, plan_figure
 
             fig = plan_figure(self.plan, gpu=self.gpu.value or None)
-            self._show_figure("summary", self.summary_chart, fig)
-            self._show_figure("candidates", self.candidates_chart,
-                              candidates_figure(self.plan.candidates, self.plan.selected))
+            self.show_figure("summary", self.summary_chart, fig)
+            self.show_figure("candidates", self.candidates_chart,
+                             candidates_figure(self.plan.candidates, self.plan.selected))
         except ImportError:
             self.summary_chart.outputs = ()
+        self._charts_stale = False
 
-    def _show_figure(self, name: str, out, fig) -> None:
+    def show_figure(self, name: str, out, fig) -> None:
+        """Put plotly figure `fig` into Output `out`, at a fixed height."""
         from ..viz.charts import mimebundle
 
+        if fig.layout.height is None:
+            fig.update_layout(height=380)
         self.figures[name] = fig
         out.outputs = ({"output_type": "display_data", "data": mimebundle(fig), "metadata": {}},)
 
-    # ------------------------------------------------------------------ graphs
+    # ------------------------------------------------------------------ kernels and profile
 
-    def _graphs_changed(self) -> None:
-        self._stale_graphs = set(self.graph_panes)
-        self._render_visible_graph()
+    @property
+    def kernels(self) -> dict:
+        return self.kernel_pane.kernels
 
-    def _render_visible_graph(self) -> None:
-        tag = self._tab_graph.get(self.tabs.selected_index) if hasattr(self, "tabs") else None
-        if tag is not None and tag in self._stale_graphs:
-            self.render_graph(tag)
-
-    def render_graph(self, tag: str) -> str:
-        """Draw graph `tag` into its pane now (panes draw themselves when their tab is shown)."""
-        from ..viz import graph_html
-
-        try:
-            value = graph_html(self.capture.graph(tag), self.plan.candidates, self.plan.selected,
-                               collapse_views=self.collapse_views.value, fit=self.fit_width.value)
-        except ImportError as e:
-            value = _html.message(f"the graph view needs the graphviz package ({e})", "error")
-        self.graph_panes[tag].value = value
-        self._stale_graphs.discard(tag)
-        return value
-
-    def show_graph(self, tag: str) -> None:
-        for i, t in self._tab_graph.items():
-            if t == tag:
-                self.tabs.selected_index = i
-        self.render_graph(tag)
-
-    # ------------------------------------------------------------------ kernels
+    @property
+    def kernel_text(self) -> str:
+        """The plain source the kernel pane shows."""
+        return self.kernel_pane.text
 
     def kernel(self, cid: str):
         """The Kernel of candidate `cid` (generated on first use, not yet checked)."""
-        if cid not in self.kernels:
-            from ..codegen import generate
-            from ..kernels import Kernel, extract_subgraph
+        return self.kernel_pane.kernel(cid)
 
-            cand = self.plan.candidates.by_id(cid)
-            graph = self.capture.graph(cand.graph)
-            ks = generate(cand, graph, model_name=self.capture.model_name)
-            self.kernels[cid] = Kernel(ks, extract_subgraph(graph.gm, cand))
-        return self.kernels[cid]
-
-    def show_kernel(self, cid: str) -> None:
-        self.kernel_choice.value = cid
-        self.tabs.selected_index = 1
-
-    def _kernel_info(self) -> None:
-        cid = self.kernel_choice.value
-        if cid is None:
-            self.kernel_info.value = _html.message("this capture has no fusion candidates")
-            return
-        c = self.plan.candidates.by_id(cid)
-        state = "selected in the plan" if self.plan.is_selected(cid) else "not selected"
-        self.kernel_info.value = (
-            f"<div style='font-size:13px'><code>{html.escape(cid)}</code>: {c.kind} over "
-            f"[{', '.join(map(str, c.domain))}], {len(c.nodes)} nodes, {c.kernels_unfused} kernels "
-            f"&rarr; 1, saves {fmt_bytes(c.bytes_saved)} per step (modeled); <b>{state}</b></div>")
-
-    def _show_kernel(self) -> None:
-        self._kernel_info()
-        cid = self.kernel_choice.value
-        if cid is None:
-            self.kernel_text = ""
-            self.kernel_source.value = ""
-            self.check_result.value = ""
-            return
-        try:
-            k = self.kernel(cid)
-        except Exception as e:  # noqa: BLE001 - LoweringError or a codegen bug: show it
-            self.kernel_text = ""
-            self.kernel_source.value = _html.message(
-                f"no kernel for {cid}: {type(e).__name__}: {e}", "error")
-            self.check_result.value = ""
-            return
-        self.kernel_text = k.source.source
-        self.kernel_source.value = _html.kernel_html(self.kernel_text, k.name)
-        self.check_result.value = _html.check_html(k.check_result)
+    def show_kernel(self, cid: str) -> Explorer:
+        return self.focus(cid)
 
     def check(self, cid: str | None = None):
-        """Run the shown kernel (or `cid`'s) and its eager ops on the same random inputs."""
-        if cid is not None and cid != self.kernel_choice.value:
-            self.kernel_choice.value = cid
-        cid = self.kernel_choice.value
-        if cid is None:
-            return None
-        self.check_result.value = _html.message(f"checking {cid} ({_env.executor_name()}) ...")
-        try:
-            result = self.kernel(cid).check()
-        except Exception as e:  # noqa: BLE001
-            self.check_result.value = _html.message(f"no kernel: {type(e).__name__}: {e}", "error")
-            return None
-        self.check_result.value = _html.check_html(result)
-        return result
+        """Check the shown kernel (or `cid`'s, which is focused first) against PyTorch."""
+        if cid is not None and cid != self.kernel_pane.cid:
+            self.focus(cid)
+        return self.kernel_pane.check(cid)
 
     def check_selected(self):
         """``plan.kernels()``: build and check every selected candidate; show which passed."""
-        self.statuses.value = _html.message("building and checking the selected kernels ...")
-        kernel_set = self.plan.kernels()
-        for k in kernel_set:
-            self.kernels[k.source.candidate_id] = k
-        self.statuses.value = _html.statuses_html(kernel_set.statuses)
-        self._show_kernel()
-        return kernel_set
-
-    # ------------------------------------------------------------------ profile
+        return self.kernel_pane.check_selected()
 
     def profile_options(self) -> dict:
-        """What the profile tab's controls say: steps, warm-up, variants, executor."""
-        steps = int(self.profile_steps.value)
-        compare = tuple(n for n, box in self.profile_variants.items() if box.value) or ("eager", "fusionlab")
-        return {"steps": steps, "warmup": max(1, min(5, steps // 4)), "compare": compare,
-                "executor": self.profile_executor.value}
+        return self.profile_pane.options()
 
     def profile(self, **options):
-        """``fusionlab.profile(model, inputs, plan=plan, **options)``; shows its table and figure.
+        """``fusionlab.profile(model, inputs, plan=plan, **options)``; shows its table and figure."""
+        self.tabs.selected_index = 1
+        return self.profile_pane.run(**options)
 
-        The profile tab's button passes :meth:`profile_options` (its controls)."""
-        if self.model is None or not self.inputs:
-            self.profile_html.value = _html.message(
-                "profiling needs the model and its inputs: use explore(model, *inputs)", "error")
-            return None
-        from ..profiler import profile
-
-        self.profile_html.value = _html.message("profiling (measured on this machine) ...")
-        try:
-            result = profile(self.model, self.inputs, plan=self.plan, loss_fn=self.loss_fn, **options)
-        except Exception as e:  # noqa: BLE001 - a failed run is shown, not raised into the UI
-            self.profile_html.value = _html.message(f"profile failed: {type(e).__name__}: {e}", "error")
-            return None
-        self.profile_result = result
-        # the profile's own HTML (it labels measured vs modeled), in a box that scrolls sideways
-        self.profile_html.value = f"<div style='overflow-x:auto;font-size:12px'>{result._repr_html_()}</div>"
-        try:
-            self._show_figure("profile", self.profile_output, result.figure())
-        except Exception as e:  # noqa: BLE001 - no plotly, or no figure for this result
-            self.profile_output.outputs = ()
-            self.profile_html.value += _html.message(f"(no figure: {e})")
-        return result
+    @property
+    def profile_result(self):
+        return self.profile_pane.result
 
     # ------------------------------------------------------------------ display
 

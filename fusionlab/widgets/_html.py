@@ -3,37 +3,76 @@
 from __future__ import annotations
 
 import html
+import re
 
 OK = "#047857"
 BAD = "#b91c1c"
 MUTED = "#6b7280"
+MARK = "#fde68a"  # the focused node's line in a kernel
 
 
-def code_html(source: str) -> str:
-    """Python source as highlighted HTML (pygments when present, plain otherwise)."""
+def code_html(source: str, marks=(), max_height: int = 520) -> str:
+    """Python source as highlighted HTML (pygments when present, plain otherwise); the lines
+    ``marks`` (1-based) are shaded and carry ``data-mark`` so a test or a reader finds them."""
+    marks = sorted(marks)
+    mark = marks[0] if marks else None
+    style = (f"font-size:12px;line-height:1.35;max-height:{max_height}px;overflow:auto;white-space:pre;"
+             "background:#f9fafb;border:1px solid #e5e7eb;padding:8px;margin:0")
+    lines = source.split("\n")
     try:
         from pygments import highlight
         from pygments.formatters import HtmlFormatter
         from pygments.lexers import PythonLexer
 
         body = highlight(source, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+        # pygments closes its spans at each line end; where one does not (a change of
+        # pygments), the lines lose their colours rather than a mark cutting a span in two
+        if mark:
+            out = body.split("\n")
+            if len(out) >= len(lines) and all(o.count("<span") == o.count("</span>") for o in out):
+                lines = out
+            else:
+                lines = [html.escape(x) for x in lines]
+        else:
+            lines = None
     except ImportError:
         body = html.escape(source)
-    return (
-        '<pre style="font-size:12px;line-height:1.35;max-height:520px;overflow:auto;'
-        f'background:#f9fafb;border:1px solid #e5e7eb;padding:8px;margin:0">{body}</pre>'
-    )
+        lines = [html.escape(x) for x in lines] if mark else None
+    if lines is not None:
+        for m in marks:
+            if 0 < m <= len(lines):
+                lines[m - 1] = (f'<span data-mark="{m}" style="display:inline-block;min-width:100%;'
+                                f'background:{MARK}">{lines[m - 1]}</span>')
+        body = "\n".join(lines)
+    return f'<pre style="{style}">{body}</pre>'
 
 
-def kernel_html(source: str, name: str) -> str:
-    """The kernel and its launcher first (after the module docstring); the whole module folded."""
+def node_lines(source: str, node: str, name: str = "") -> list[int]:
+    """The 1-based lines of ``source`` that compute FX node ``node``: ``node = ...``, else the
+    steps of a reduction (``var_mean_sum = ...``), else where it is stored (``# node: ...``);
+    in kernel ``name`` when given (the module docstring lists the ATen lines too)."""
+    if not node:
+        return []
+    lines = source.split("\n")
+    start = next((i for i, x in enumerate(lines) if x.startswith(f"def {name}(")), 0) if name else 0
+    body = list(enumerate(lines[start:], start + 1))
+    for test in (lambda x: x.lstrip().startswith(f"{node} = "),
+                 lambda x: re.match(rf"\s*{re.escape(node)}_[a-z0-9]+ = ", x) is not None,
+                 lambda x: f"# {node}: " in x):
+        found = [i for i, x in body if test(x)]
+        if found:
+            return found
+    return []
+
+
+def kernel_html(source: str, name: str, node: str = "") -> str:
+    """The kernel and its launcher first, with the lines that compute ``node`` marked; the
+    whole module (its docstring lists the ATen ops replaced; imports, helpers) folded below."""
     start = source.find(f"@triton.jit\ndef {name}(")
     if start < 0:
-        return code_html(source)
-    doc_end = source.find('"""', 3) + 3 if source.startswith('"""') else 0
-    shown = (source[:doc_end] + "\n\n# (imports and @triton.jit helpers: 'whole module' below)\n\n"
-             + source[start:])
-    return (code_html(shown) + "<details><summary style='font-size:12px'>whole module "
+        return code_html(source, node_lines(source, node, name))
+    shown = "# (module docstring, imports and @triton.jit helpers: 'whole module' below)\n\n" + source[start:]
+    return (code_html(shown, node_lines(shown, node, name)) + "<details><summary style='font-size:12px'>whole module "
             f"({len(source.splitlines())} lines, importable as is)</summary>{code_html(source)}</details>")
 
 
@@ -101,3 +140,16 @@ def summary_html(summary) -> str:
         f"<th style='padding:1px 12px'>graph</th>{th}kernels unfused</th>{th}with plan</th>"
         f"{th}bytes unfused</th>{th}with plan</th></tr>{rows}</table>"
     )
+
+
+def zero_saving_note(c) -> str:
+    """Why a candidate that saves no bytes is listed at all ("" when it saves some)."""
+    return f" <span style='color:{MUTED}'>({html.escape(zero_saving_reason(c))})</span>" if c.bytes_saved <= 0 else ""
+
+
+def zero_saving_reason(c) -> str:
+    if c.bytes_saved > 0:
+        return ""
+    return (f"saves no memory traffic (modeled): its {len(c.nodes)} ops share no intermediate "
+            f"tensor, so each byte is read and written once either way; fusing only saves "
+            f"{c.kernels_unfused - 1} launch{'es' if c.kernels_unfused > 2 else ''}")

@@ -1,0 +1,213 @@
+"""The explorer end to end, as a new user meets it: JupyterLab on localhost, headless
+Chromium driven by Playwright, no ``dot`` binary on the PATH.
+
+The test writes a notebook that opens ``fusionlab.explore("gpt2-block")``, runs it through
+JupyterLab's UI, then clicks as a user would: a node (its candidate's Triton source appears,
+the node's line marked), a cluster (the selection changes in the graph and in the plan
+summary), "collapse all" and a module box (the block opens again). Screenshots go to
+$FUSIONLAB_SCREENSHOTS (default: the test's tmp dir); with FUSIONLAB_UPDATE_DOCS=1 the
+explorer's screenshot is also copied to docs/explorer.png (the README's picture).
+
+Skips, saying why, where Chromium (/usr/bin/chromium; $FUSIONLAB_CHROMIUM), playwright or
+JupyterLab is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("FUSIONLAB_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+pytest.importorskip("anywidget", reason="the explorer's graph needs anywidget (pip install anywidget)")
+pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install jupyterlab)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FUSIONLAB_CHROMIUM)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+CELLS = [
+    "import fusionlab  # first: Triton runs in its interpreter where there is no GPU\n"
+    "ex = fusionlab.explore('gpt2-block')\nex",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _path_without_dot() -> str:
+    """PATH with every directory holding a `dot` left out (the widget needs none)."""
+    dirs = [str(Path(sys.executable).parent)]
+    dirs += [d for d in os.environ.get("PATH", "").split(os.pathsep)
+             if d and not (Path(d) / "dot").exists() and d not in dirs]
+    return os.pathsep.join(dirs)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on localhost with a notebook that opens the explorer."""
+    root = tmp_path_factory.mktemp("lab")
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                     "source": src} for src in CELLS],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                      "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (root / "explorer.ipynb").write_text(json.dumps(nb))
+    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port = _free_port()
+    env = dict(os.environ, PATH=_path_without_dot(),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"),
+               JUPYTER_RUNTIME_DIR=str(root / ".runtime"),
+               JUPYTER_CONFIG_DIR=str(root / ".config"))
+    env.pop("JUPYTER_PLATFORM_DIRS", None)
+    assert shutil.which("dot", path=env["PATH"]) is None
+    log = open(root / "lab.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/api/status", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"jupyter lab exited: {(root / 'lab.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield url, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab, tmp_path_factory):
+    url, _root = lab
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1500, "height": 1300})
+        pg = ctx.new_page()
+        pg.errors = []
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        # offline: nothing but the local server may be reached
+        pg.route("**/*", lambda r: r.continue_() if r.request.url.startswith("http://127.0.0.1")
+                 or r.request.url.startswith("data:") else r.abort())
+        pg.goto(f"{url}/lab/tree/explorer.ipynb?reset")
+        yield pg
+        ctx.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    d = Path(os.environ.get("FUSIONLAB_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _summary(page) -> str:
+    return page.locator(".jp-OutputArea-output").filter(has_text="Plan summary").first.inner_text()
+
+
+def test_explorer_in_jupyterlab(page, shots, zoo_candidates):
+    members = {c.id: c.nodes for c in zoo_candidates("gpt2-block")}  # the same capture, here
+    try:
+        _walk_through(page, shots, members)
+    except Exception:
+        page.screenshot(path=str(shots / "explorer_failure.png"), full_page=True)
+        raise
+
+
+def _walk_through(page, shots, members):
+    # run the notebook through the UI: the explorer appears with its graph drawn
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    for _ in range(12):  # a request sent while the kernel still connects can be lost: resend
+        cell.locator(".cm-content").click()
+        page.keyboard.press("Control+Enter")  # run the cell in place
+        try:
+            page.wait_for_function(
+                "() => !/\\[\\s*\\]/.test(document.querySelector('.jp-Cell .jp-InputPrompt').innerText)",
+                timeout=10_000)
+            break
+        except sync_api.TimeoutError:
+            continue
+    canvas = page.locator("[data-role=canvas]")
+    canvas.locator("svg g.cluster").first.wait_for(timeout=int(os.environ.get("FUSIONLAB_LAB_TIMEOUT", "240")) * 1000)
+    found = re.search(r"0 of (\d+) candidates selected", _summary(page))
+    assert found, _summary(page)
+    total = found.group(1)
+    page.screenshot(path=str(shots / "explorer_opened.png"), full_page=True)
+
+    # click a node inside a candidate: the kernel pane shows that candidate's Triton source
+    # (Graphviz's SVG is flat: a cluster's nodes are its siblings, found by the candidate's members)
+    cid = canvas.locator("g.cluster[id^='c:']").first.get_attribute("id")[2:]
+    node_id = next(n for n in members[cid] if canvas.locator(f"g.node[id='{n}']").count())
+    canvas.locator(f"g.node[id='{node_id}']").click()
+    kernel = page.locator(".jp-OutputArea-output").filter(has_text="@triton.jit").first
+    kernel.wait_for(timeout=60_000)
+    pane = kernel.inner_text()
+    assert cid in pane and "@triton.jit" in pane
+    marked = kernel.locator("[data-mark]").first
+    assert node_id in marked.inner_text()  # the line computing the node, in the kernel
+    page.screenshot(path=str(shots / "explorer_focused.png"), full_page=True)
+
+    # click that candidate's cluster: selected, in the graph and in the plan summary
+    canvas.locator(f"g.cluster[id='c:{cid}'] > text").first.click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-OutputArea-output')].some("
+        f"e => e.innerText.includes('1 of {total} candidates selected'))", timeout=60_000)
+    canvas.locator(f"g.cluster[id='c:{cid}'] text", has_text=f"[x] {cid}").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(shots / "explorer_selected.png"), full_page=True)
+    if os.environ.get("FUSIONLAB_UPDATE_DOCS"):
+        page.mouse.move(5, 5)  # no hover box over the focused node
+        page.wait_for_timeout(200)
+        box = page.locator(".jp-OutputArea-output").filter(has=canvas).first.bounding_box()
+        bottom = min(box["y"] + box["height"], page.viewport_size["height"] - 30)
+        page.screenshot(path=str(ROOT / "docs" / "explorer.png"),
+                        clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": bottom - box["y"]})
+
+    # collapse all, then open the block box again with a click
+    page.locator(".flg-bar button", has_text="collapse all").click()
+    box = canvas.locator("g.node[id^='m:']").first
+    box.wait_for(timeout=60_000)
+    n_closed = canvas.locator("g.node").count()
+    box.click()
+    page.wait_for_function(
+        f"() => document.querySelectorAll('[data-role=canvas] g.node').length > {n_closed}",
+        timeout=60_000)
+    page.screenshot(path=str(shots / "explorer_expanded.png"), full_page=True)
+    assert not page.errors, page.errors
