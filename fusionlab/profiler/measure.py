@@ -321,11 +321,13 @@ def _spread_notes(live: list[Variant]) -> list[str]:
     wide = [v.result for v in live if v.result.ok and v.result.iqr_ms > 0.5 * v.result.median_ms]
     if not wide:
         return []
+    threads = torch.get_num_threads()
+    why = ("other processes share this machine" if threads == 1 else
+           f"other processes share this machine, or torch's {threads} threads stall each other on cores "
+           "others use too (try torch.set_num_threads(1))")
     return ["step times spread widely (" + ", ".join(f"{r.name}: IQR {r.iqr_ms:.1f} ms on a median of "
                                                       f"{r.median_ms:.1f} ms" for r in wide)
-            + "): other processes share this machine, or torch runs more threads than there are free "
-              f"cores (now {torch.get_num_threads()}; try torch.set_num_threads(1)); verdicts then need "
-              "more steps (a larger budget)"]
+            + f"): {why}; verdicts then need more steps (a larger budget)"]
 
 
 def _closing_notes(variants: list[Variant], cuda: bool) -> list[str]:
