@@ -1,7 +1,7 @@
 """Training-step time: eager vs fusionlab select-all vs torch.compile, measured on this CPU.
 
     .venv/bin/python bench/profile_steps.py [--models gpt2-block gpt2-tiny] [--steps 60]
-        [--warmup 10] [--threads 1] [--batch B] [--optimizer adamw] [--html-dir DIR]
+        [--warmup 10] [--budget 60] [--threads 1] [--batch B] [--optimizer adamw] [--html-dir DIR]
         [--executor auto|inductor|inductor-groups]
 
 For each zoo model, ``fusionlab.profile`` runs whole training steps (forward, loss,
@@ -18,7 +18,10 @@ interleaved step by step (the order rotating every round):
              inside the groups (``InductorGraphExecutor``); every other op its own loop
   inductor   plain ``torch.compile`` of the same step function
 
-Reported: median step time and spread (IQR, min) over the measured steps, ratios, kernels
+Reported: median step time and spread (IQR, min) over the measured steps (at least
+--steps; more, up to --budget seconds of timed rounds, while a comparison with eager is
+undecided), the verdict against eager and against torch.compile (a speed-up only where
+its 99 % interval lies beyond the noise, else "no difference measurable in N steps"), kernels
 per step (forward + backward; eager counted by torch.profiler, the compiled variants from
 Inductor's generated code: C++ function and library calls; "loops": the loop nests of the
 whole-graph executor, several of which may share one C++ function) and the *modeled* non-matmul bytes per
@@ -44,6 +47,8 @@ import torch  # noqa: E402
 from fusionlab import zoo  # noqa: E402
 from fusionlab.plan import plan_for  # noqa: E402
 from fusionlab.profiler import profile  # noqa: E402
+from fusionlab.profiler.results import verdict_cell  # noqa: E402
+from fusionlab.verdict import FASTER  # noqa: E402
 
 
 def bench_model(name: str, args) -> dict:
@@ -51,11 +56,19 @@ def bench_model(name: str, args) -> dict:
     plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn))
     res = profile(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=args.steps, warmup=args.warmup,
                   compare=args.compare, optimizer=args.optimizer, gpu=args.gpu, model_name=name,
-                  executor=args.executor)
+                  executor=args.executor, budget_s=args.budget)
     if args.html_dir:
         os.makedirs(args.html_dir, exist_ok=True)
         res.to_html(os.path.join(args.html_dir, f"profile_{name}.html"))
     return {"name": name, "result": res}
+
+
+def _cell(res, name: str, base: str) -> str:
+    """The verdict of `name` against `base` as a table cell ("-" where either is missing)."""
+    names = [v.name for v in res.variants]
+    if name not in names or base not in names:
+        return "-"
+    return "baseline" if name == base else verdict_cell(res.verdict(name, base))
 
 
 def _f(x, fmt="{:.3f}"):
@@ -67,6 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["gpt2-block", "gpt2-tiny"])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--budget", type=float, default=60.0,
+                    help="seconds of timed rounds per model to decide each verdict (default 60)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: the zoo model's)")
     ap.add_argument("--optimizer", default="adamw")
@@ -84,8 +99,8 @@ def main(argv=None) -> int:
           f"batch {args.batch or 'zoo default'}; load average before: {os.getloadavg()[0]:.2f}")
     results = [bench_model(m, args) for m in args.models]
 
-    head = (f"{'model':11} {'variant':10} {'executor':31} {'median ms':>9} {'IQR ms':>8} {'min ms':>8} "
-            f"{'vs eager':>8} {'vs compile':>10} {'kernels':>7} {'loops':>5} {'modeled non-matmul':>19}")
+    head = (f"{'model':11} {'variant':10} {'executor':31} {'steps':>5} {'median ms':>9} {'IQR ms':>8} {'min ms':>8} "
+            f"{'vs eager':>37} {'vs compile':>37} {'kernels':>7} {'loops':>5} {'modeled non-matmul':>19}")
     print()
     print(head)
     print("-" * len(head))
@@ -95,9 +110,10 @@ def main(argv=None) -> int:
         for v in res.variants:
             m = res.modeled.get(v.name)
             nm = f"{m.nonmatmul_bytes / 2**20:.2f} MiB" if m is not None else "-"
-            vs_c = res.ratio(v.name, "inductor")
-            print(f"{r['name']:11} {v.name:10} {v.executor[:31]:31} {_f(v.median_ms):>9} {_f(v.iqr_ms):>8} "
-                  f"{_f(v.min_ms):>8} {_f(res.ratio(v.name), '{:.2f}x'):>8} {_f(vs_c, '{:.2f}x'):>10} "
+            vs_e = _cell(res, v.name, "eager")
+            vs_c = _cell(res, v.name, "inductor")
+            print(f"{r['name']:11} {v.name:10} {v.executor[:31]:31} {len(v.samples):>5} {_f(v.median_ms):>9} "
+                  f"{_f(v.iqr_ms):>8} {_f(v.min_ms):>8} {vs_e:>37} {vs_c:>37} "
                   f"{v.kernels_per_step if v.kernels_per_step is not None else '-':>7} "
                   f"{v.loop_nests if v.loop_nests is not None else '-':>5} {nm:>19}")
         fl, eg = res.modeled.get("fusionlab"), res.modeled.get("eager")
@@ -106,10 +122,11 @@ def main(argv=None) -> int:
             c_ms = res["inductor"].median_ms
         except KeyError:
             continue
-        goals.append((r["name"], f_ms < e_ms, f"fusionlab {f_ms:.3f} ms vs eager {e_ms:.3f} ms "
-                      f"({e_ms / f_ms:.2f}x)"))
-        goals.append((r["name"], f_ms <= 1.10 * c_ms, f"fusionlab {f_ms:.3f} ms vs torch.compile {c_ms:.3f} ms "
-                      f"({(f_ms / c_ms - 1) * 100:+.1f}%, goal <= +10%)"))
+        vd = res.verdict("fusionlab", "eager")
+        goals.append((r["name"], vd.call == FASTER, f"fusionlab {f_ms:.3f} ms vs eager {e_ms:.3f} ms: {vd}"))
+        vc = res.verdict("fusionlab", "inductor")  # within 10 %: the interval's slow end above 1/1.1
+        goals.append((r["name"], vc.low >= 1 / 1.10, f"fusionlab {f_ms:.3f} ms vs torch.compile {c_ms:.3f} ms "
+                      f"({(f_ms / c_ms - 1) * 100:+.1f}%, goal <= +10% across the interval): {vc}"))
         if fl is not None and eg is not None:
             frac = fl.nonmatmul_bytes / eg.nonmatmul_bytes
             goals.append((r["name"], frac <= 0.5, f"modeled non-matmul bytes: select-all {fl.nonmatmul_bytes / 2**20:.2f}"

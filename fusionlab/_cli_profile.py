@@ -2,7 +2,8 @@
 
     python -m fusionlab profile --model gpt2-tiny [--batch B] [--threads N] [options]
 
-The options (--steps, --warmup, --fuse, --compare, --gpu, --optimizer, --executor, --html,
+The options (--steps, --warmup, --budget, --max-steps, --fuse, --compare, --gpu, --optimizer,
+--executor, --html,
 --trace) and their defaults are :func:`fusionlab.profile_options.add_profile_options`,
 the same as ``%fusionlab profile`` takes.
 """
@@ -46,7 +47,8 @@ def run_profile(args) -> int:
     optimizer = None if args.optimizer == "none" else args.optimizer
     res = profile(zm.model, zm.inputs, plan=plan, loss_fn=zm.loss_fn, steps=args.steps, warmup=args.warmup,
                   compare=args.compare, gpu=args.gpu, optimizer=optimizer, trace=args.trace,
-                  model_name=zm.name, executor=args.executor)
+                  model_name=zm.name, executor=args.executor, budget_s=args.budget,
+                  max_steps=args.max_steps)
     print()
     print(res.text())
     try:

@@ -10,8 +10,8 @@ Line magic::
 MODEL and INPUTS are names (or expressions) in the notebook's namespace; INPUTS is a
 tensor or a tuple of them. MODEL may be a zoo model, ``zoo:gpt2-block``, and then INPUTS
 is optional. The "current plan" is the last one the magic profiled or created. The
-options (--steps 20, --warmup 5, --fuse, --compare, --gpu, --optimizer, --executor,
---html, --trace) are those of ``python -m fusionlab profile``, from one definition:
+options (--steps 20, --warmup 5, --budget 20, --max-steps 400, --fuse, --compare, --gpu,
+--optimizer, --executor, --html, --trace) are those of ``python -m fusionlab profile``, from one definition:
 :func:`fusionlab.profile_options.add_profile_options`; ``%fusionlab help`` lists them.
 
 Cell magic: ``%%fusionlab profile [--steps N] [--warmup N]`` runs the cell body (say, one
@@ -182,7 +182,8 @@ class FusionlabExtension:
         self.plan = plan_for(capture(model, *inputs, loss_fn=loss_fn), args.fuse)
         result = profile(model, inputs, plan=self.plan, loss_fn=loss_fn, steps=args.steps, warmup=args.warmup,
                          compare=args.compare, gpu=args.gpu, optimizer=args.optimizer, trace=args.trace,
-                         model_name=name, executor=args.executor)
+                         model_name=name, executor=args.executor,
+                         budget_s=args.budget, max_steps=args.max_steps)
         self.last_result = result
         if args.html:
             path = result.to_html(args.html)

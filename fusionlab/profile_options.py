@@ -14,12 +14,32 @@ magic function and would leave the CLI with a second copy of the options).
 from __future__ import annotations
 
 import argparse
+import os
 
 VARIANTS = ("eager", "fusionlab", "inductor", "unfused")  # what ``compare=`` can name
 DEFAULT_COMPARE = ("eager", "fusionlab", "inductor")
 EXECUTORS = ("auto", "inductor", "inductor-groups", "triton")  # the names ``executor=`` takes
 STEPS = 20  # measured steps per variant: enough samples for a median and an IQR
 WARMUP = 5  # warm-up steps per variant, after the first (compiling) step
+BUDGET_S = 20.0  # seconds of timed rounds: past the requested steps, measure until every verdict is decided
+MAX_STEPS = 400  # measured steps per variant, at most, however much budget is left
+BUDGET_ENV = "FUSIONLAB_PROFILE_BUDGET"  # overrides BUDGET_S where no budget is given (tests set it low)
+
+
+def default_budget() -> float:
+    """The measuring budget a profile gets when none is given: $FUSIONLAB_PROFILE_BUDGET or BUDGET_S.
+
+    Twenty seconds: on a 2-core CPU a small model's training step takes 1-50 ms, so the
+    budget holds hundreds of interleaved rounds, enough to tell a 5 % difference from
+    noise; a step that takes seconds gets its requested steps and a verdict only if it is
+    clear in them."""
+    text = os.environ.get(BUDGET_ENV, "").strip()
+    if not text:
+        return BUDGET_S
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV} must be a number of seconds, got {text!r}") from None
 
 
 def parse_compare(text: str) -> tuple[str, ...]:
@@ -68,6 +88,16 @@ def _count(minimum: int):
     return parse
 
 
+def _seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return x
+
+
 def _compare(text: str) -> tuple[str, ...]:
     try:
         return parse_compare(text)
@@ -88,14 +118,25 @@ def _gpu(text: str) -> str:
 def add_timing_options(p: argparse.ArgumentParser) -> None:
     """--steps and --warmup (also all the ``%%fusionlab profile`` cell magic takes)."""
     p.add_argument("--steps", type=_count(1), default=STEPS, metavar="N",
-                   help=f"measured steps (default {STEPS})")
+                   help=f"measured steps at least (default {STEPS})")
     p.add_argument("--warmup", type=_count(0), default=WARMUP, metavar="N",
                    help=f"warm-up steps before them (default {WARMUP})")
+
+
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    """--budget and --max-steps: keep measuring until each comparison with eager is decided."""
+    p.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
+                   help=f"after the requested steps, keep measuring interleaved rounds while a comparison "
+                        f"with eager is undecided, for up to this many seconds of timed rounds "
+                        f"(default {BUDGET_S:g}, or ${BUDGET_ENV}; 0: exactly --steps)")
+    p.add_argument("--max-steps", type=_count(1), default=MAX_STEPS, metavar="N",
+                   help=f"measured steps per variant at most (default {MAX_STEPS})")
 
 
 def add_profile_options(p: argparse.ArgumentParser) -> None:
     """The options of a training-step profile, shared by the CLI and the magic."""
     add_timing_options(p)
+    add_budget_options(p)
     p.add_argument("--fuse", default="all", help="'all', 'none' or comma-separated candidate ids/patterns")
     p.add_argument("--compare", type=_compare, default=DEFAULT_COMPARE, metavar="V1,V2",
                    help=f"variants among {','.join(VARIANTS)} (default {','.join(DEFAULT_COMPARE)})")

@@ -50,7 +50,7 @@ class Verdict:
         return self.call != UNDECIDED
 
     def __str__(self) -> str:
-        interval = f"{self.ratio:.2f}x (95% interval {self.low:.2f}-{self.high:.2f}x)"
+        interval = f"{self.ratio:.2f}x ({self.confidence:.0%} interval {self.low:.2f}-{self.high:.2f}x)"
         if self.call == FASTER:
             return f"{self.variant}: {interval} faster than {self.base}"
         if self.call == SLOWER:

@@ -11,14 +11,22 @@ first time a test asks for it and hands the same object to every later test:
 - ``zoo_plan(name, select="all")``: a new ``FusionPlan`` on each call, over the shared
   capture and candidates: a plan's selection is the one thing tests change, so no test
   sees another's selection. ``select=None`` gives a plan with nothing selected.
+
+Profiles measure exactly the steps a test asks for: ``FUSIONLAB_PROFILE_BUDGET=0`` (no
+measuring on until a verdict is decided) unless a test passes ``budget_s`` itself, as
+tests/test_profile_verdicts.py does.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 import fusionlab as fl  # noqa: I001  (imported before anything imports triton)
 from fusionlab import zoo
+
+os.environ.setdefault("FUSIONLAB_PROFILE_BUDGET", "0")
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def test_help_is_the_docstring(ip, capsys):
     ip.run_line_magic("fusionlab", "help")
     out = capsys.readouterr().out
     assert "%fusionlab kernels" in out
-    assert "measured steps (default 20)" in out and "--executor" in out  # the shared options, listed
+    assert "measured steps at least (default 20)" in out and "--executor" in out and "--budget" in out  # the shared options, listed
 
 
 def test_magic_and_cli_share_one_option_set():
@@ -50,11 +50,13 @@ def test_magic_and_cli_share_one_option_set():
     cli = vars(add_profile_parser(argparse.ArgumentParser().add_subparsers()).parse_args([]))
     magic = vars(profile_parser().parse_args(["zoo:mlp"]))
     shared = set(cli) & set(magic) - {"model"}  # the CLI's --model is a zoo name, the magic's MODEL any model
-    assert shared == {"steps", "warmup", "fuse", "compare", "gpu", "optimizer", "executor", "html", "trace"}
+    assert shared == {"steps", "warmup", "budget", "max_steps", "fuse", "compare", "gpu", "optimizer", "executor",
+                      "html", "trace"}
     assert {k: cli[k] for k in shared} == {k: magic[k] for k in shared}
     assert set(cli) - shared == {"model", "batch", "threads", "func"}
     assert set(magic) - shared == {"model", "inputs", "loss"}
     assert magic["steps"] == 20 and magic["warmup"] == 5
+    assert magic["budget"] is None and magic["max_steps"] == 400  # None: profile()'s default budget
 
 
 def test_profile_zoo_model_then_kernels(ip, capsys):

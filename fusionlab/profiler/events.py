@@ -5,11 +5,20 @@ and fills in its result: the largest ops and kernels (self time), peak memory (C
 allocator on a GPU, the profiler's CPU allocator events on CPU), eager's count of ATen
 ops that compute, and optionally a Chrome trace of all variants side by side. Every
 reading is best effort: a profiler that fails leaves the timed figures as they are.
+
+Kineto, torch.profiler's C++ half, writes log lines straight to file descriptor 2
+(``USDT:... profiler_start``, ``STAGE:... Completed Stage``), which ipykernel forwards to
+the notebook; ``KINETO_LOG_LEVEL`` does not silence the USDT ones. So the profiled steps run
+with fd 2 sent to a temporary file (:func:`quiet_kineto`), and every other line written
+there is passed on to ``sys.stderr``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
 import tempfile
 import time
 
@@ -32,16 +41,50 @@ _NO_KERNEL = {
 }
 
 
+# kineto's own log lines: "USDT:2026-12-01 12:22:25 24751:24751 SyncActivityProfilerHandler.cpp:52] ..."
+KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \S+\.(?:cpp|h):\d+\]")
+
+
+@contextlib.contextmanager
+def quiet_kineto():
+    """Run the block with fd 2 sent to a temporary file; pass on what is not a kineto log line.
+
+    Python's own ``sys.stderr`` writes inside the block are passed on too (in order, after
+    the block). Where fd 2 cannot be duplicated the block runs as it is."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            kept = [ln for ln in text.splitlines(keepends=True) if not KINETO_LINE.match(ln)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def profiled_steps(live: list[Variant], cuda: bool, trace) -> str | None:
     """One step of each variant under torch.profiler: top kernels, memory; optional Chrome trace.
 
     ``trace``: False, True (a file in the temp folder) or a path. Returns the trace's path."""
-    for v in live:
-        try:
-            profile_one_step(v, cuda)
-        except Exception as e:  # noqa: BLE001 - profiling detail is best effort
-            _env.debug(1, f"torch.profiler step of {v.name} failed: {e}")
-    return chrome_trace(live, cuda, trace) if trace else None
+    with quiet_kineto():
+        for v in live:
+            try:
+                profile_one_step(v, cuda)
+            except Exception as e:  # noqa: BLE001 - profiling detail is best effort
+                _env.debug(1, f"torch.profiler step of {v.name} failed: {e}")
+        return chrome_trace(live, cuda, trace) if trace else None
 
 
 def _activities(cuda: bool) -> list:

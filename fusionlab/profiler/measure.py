@@ -4,12 +4,20 @@ Read ``profile`` top to bottom: it checks its arguments, picks the plan, builds 
 :class:`~fusionlab.profiler.harness.Variant` per name in ``compare``, runs each one's first
 (compiling) step alone, then the timed rounds, counts kernels, profiles one more step under
 torch.profiler and puts the modeled GPU figures beside the measured ones.
+
+The timed rounds run the requested steps, then keep going while a variant's verdict
+against eager (:func:`~fusionlab.profiler.results.variant_verdict`) is undecided, the
+measuring budget lasts and the step cap is not reached. Verdicts are checked each time
+the step count has grown by half (not every round: from 20 to 400 steps that is nine
+looks), and with 99 % intervals: fewer looks at the data and stricter ones, fewer chances
+to stop on a lucky streak and call noise a speed-up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,15 +28,17 @@ from ..executors import InductorGraphExecutor, InductorGroupExecutor, count_gene
 from ..plan import FusionPlan, plan_for
 from ..profile_options import (
     DEFAULT_COMPARE,
+    MAX_STEPS,
     STEPS,
     VARIANTS,
     WARMUP,
+    default_budget,
     parse_compare,
     resolve_executor,
 )
 from .events import profiled_steps
 from .harness import Timer, Variant, capture_inductor_code, describe_device, device_of, fresh_step
-from .results import ProfileResult
+from .results import ProfileResult, variant_verdict
 
 
 def profile(
@@ -44,6 +54,8 @@ def profile(
     lr: float = 1e-3,
     *,
     executor="auto",
+    budget_s: float | None = None,
+    max_steps: int = MAX_STEPS,
     trace: bool | str = False,
     profile_step: bool = True,
     model_name: str | None = None,
@@ -58,10 +70,18 @@ def profile(
     "inductor" on CPU), "triton", "inductor" (whole graphs compiled by Inductor, fusing
     only inside the selected groups), "inductor-groups" (each group compiled alone and
     called from the FX graph's Python code) or a callable (see :mod:`fusionlab.executors`).
+    ``steps`` measured steps are run at least; then, while a variant's verdict against
+    eager is undecided (:meth:`ProfileResult.verdict`), more interleaved rounds, for up to
+    ``budget_s`` seconds of timed rounds in all (default :data:`~fusionlab.profile_options.BUDGET_S`
+    or ``$FUSIONLAB_PROFILE_BUDGET``; 0: exactly ``steps``) and ``max_steps`` steps per
+    variant; the result's notes say how many steps were measured and why measuring stopped.
     ``trace``: True or a path: export a Chrome trace of one
     profiled step of each variant. The model itself is never changed.
     """
     inputs, compare = _check_arguments(model, inputs, compare, steps, warmup)
+    budget = default_budget() if budget_s is None else float(budget_s)
+    if not budget >= 0:
+        raise ValueError(f"budget_s must be >= 0 seconds, got {budget_s}")
     spec = get_gpu(gpu)
     dev = device_of(model, inputs)
     cuda = dev.type == "cuda"
@@ -73,16 +93,17 @@ def profile(
         timer = Timer(cuda)
         live = _first_steps(variants, timer, verbose)
         notes += _backend_notes(live)
-        _timed_rounds(live, timer, warmup, steps)
+        stopped = _timed_rounds(live, timer, warmup, steps, budget, max(max_steps, steps), verbose)
         _count_kernels(plan, variants)
         trace_path = profiled_steps(live, cuda, trace) if (profile_step or trace) else None
         modeled = _modeled(plan, variants, spec, notes)
 
-    notes += _closing_notes(variants, cuda)
+    notes += _spread_notes(live) + _closing_notes(variants, cuda)
     return ProfileResult(
         model_name=model_name or plan.capture.model_name, device=describe_device(dev), steps=steps,
         warmup=warmup, optimizer=_optimizer_name(optimizer), variants=[v.result for v in variants],
-        plan=plan, gpu=spec, modeled=modeled, chrome_trace=trace_path, notes=notes,
+        plan=plan, gpu=spec, modeled=modeled, chrome_trace=trace_path, notes=notes, stopped=stopped,
+        budget_s=budget,
     )
 
 
@@ -188,27 +209,69 @@ def _backend_notes(live: list[Variant]) -> list[str]:
     return []
 
 
-def _timed_rounds(live: list[Variant], timer: Timer, warmup: int, steps: int) -> None:
-    """Interleaved warm-up and measured steps, one step of each variant a round, the order rotating.
+def _timed_rounds(live: list[Variant], timer: Timer, warmup: int, steps: int, budget_s: float,
+                  max_steps: int, verbose: bool) -> str:
+    """Interleaved warm-up and measured steps, one step of each variant a round, the order rotating;
+    then more rounds until every verdict against eager (or the first variant) is decided.
 
-    The garbage collector is off meanwhile, so a collection lands in no variant's time."""
+    Returns why measuring stopped: "decided", "budget", "cap" or "alone" (one variant).
+    The garbage collector is off during the rounds (a collection lands in no variant's
+    time) and runs between them when the verdicts are looked at."""
     losses: dict[str, list] = {v.name: [v.first_loss] for v in live}
+    rounds = 0
+
+    def one_round(measured: bool) -> None:
+        nonlocal rounds
+        k = rounds % len(live)
+        for v in live[k:] + live[:k]:
+            dt, loss = timer.time(v.step)
+            losses[v.name].append(loss)
+            if measured:
+                v.result.samples.append(dt)
+        rounds += 1
+
     gc.collect()
     gc_was = gc.isenabled()
     gc.disable()
+    start = time.perf_counter()
     try:
         for i in range(warmup + steps):
-            k = i % len(live)
-            for v in live[k:] + live[:k]:
-                dt, loss = timer.time(v.step)
-                losses[v.name].append(loss)
-                if i >= warmup:
-                    v.result.samples.append(dt)
+            one_round(i >= warmup)
+        stopped = _more_rounds(live, one_round, start, budget_s, max_steps, verbose)
     finally:
         if gc_was:
             gc.enable()
     for v in live:
         v.result.losses = [float(x) for x in losses[v.name]]
+    return stopped
+
+
+def _more_rounds(live: list[Variant], one_round, start: float, budget_s: float, max_steps: int,
+                 verbose: bool) -> str:
+    """Measured rounds while a verdict is undecided, the budget lasts and the cap is not reached."""
+    base = next((v for v in live if v.name == "eager"), live[0])  # ProfileResult.baseline
+    others = [v for v in live if v is not base]
+    if not others:
+        return "alone"
+    n = len(base.result.samples)
+    check_at = n
+    while True:
+        if n >= check_at:
+            gc.collect()
+            undecided = [v.name for v in others if not variant_verdict(base.result, v.result).decided]
+            if not undecided:
+                return "decided"
+            check_at = n + max(4, n // 2)
+            if verbose:
+                print(f"fusionlab.profile: {n} steps, undecided against {base.name}: {', '.join(undecided)}")
+        if n >= max_steps:
+            return "cap"
+        elapsed = time.perf_counter() - start
+        per_round = elapsed / max(1, n)  # warm-up rounds included: an overestimate
+        if elapsed + per_round > budget_s:
+            return "budget"
+        one_round(True)
+        n += 1
 
 
 def _count_kernels(plan, variants: list[Variant]) -> None:
@@ -251,6 +314,20 @@ def _modeled(plan, variants: list[Variant], spec: GPUSpec, notes: list[str]) -> 
             notes.append(f"fusionlab: {len(rep.failed)} selected group(s) ran unfused: "
                          + "; ".join(f"{s.candidate}: {s.reason}" for s in rep.failed[:5]))
     return modeled
+
+
+def _spread_notes(live: list[Variant]) -> list[str]:
+    """A hint where the step times spread as wide as their median: the machine was busy."""
+    wide = [v.result for v in live if v.result.ok and v.result.iqr_ms > 0.5 * v.result.median_ms]
+    if not wide:
+        return []
+    threads = torch.get_num_threads()
+    why = ("other processes share this machine" if threads == 1 else
+           f"other processes share this machine, or torch's {threads} threads stall each other on cores "
+           "others use too (try torch.set_num_threads(1))")
+    return ["step times spread widely (" + ", ".join(f"{r.name}: IQR {r.iqr_ms:.1f} ms on a median of "
+                                                      f"{r.median_ms:.1f} ms" for r in wide)
+            + f"): {why}; verdicts then need more steps (a larger budget)"]
 
 
 def _closing_notes(variants: list[Variant], cuda: bool) -> list[str]:

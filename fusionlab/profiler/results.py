@@ -3,7 +3,11 @@
 :class:`VariantResult` holds one variant's measured step times (with median and IQR),
 kernel counts, peak memory and top kernels; :class:`ProfileResult` holds all variants plus
 the modeled GPU figures (:mod:`fusionlab.cost`), kept in columns of their own and labeled
-so. Its renderers here are plain text, a pandas table and a small HTML table; the plotly
+so. A speed-up is shown as a verdict (:func:`variant_verdict`, :mod:`fusionlab.verdict`):
+"1.10x faster" only where its 99 % interval lies beyond the noise, "no difference
+measurable in N steps" otherwise, never a bare ratio. The default table is short
+(variant, step time, verdict, kernels, modeled bytes); ``table(detail=True)`` and
+``text(detail=True)`` have every column, the HTML keeps them behind a click. The plotly
 figure and the stand-alone HTML report live in :mod:`fusionlab.viz.profile_report`.
 """
 
@@ -16,6 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..cost import GPUSpec, ModeledStep
+from ..verdict import UNDECIDED, Verdict, compare
 
 
 @dataclass
@@ -85,6 +90,37 @@ def _fmt_mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
 
 
+# A profile's verdicts use 99 % intervals, not verdict.CONFIDENCE's 95 %: the profiler looks at
+# its data up to about nine times while deciding whether to measure on, and each look is one
+# more chance to call a difference that is noise.
+CONFIDENCE = 0.99
+
+
+def variant_verdict(base: VariantResult, v: VariantResult, confidence: float = CONFIDENCE) -> Verdict:
+    """``v`` against ``base`` over their measured steps, paired round by round (the rounds are
+    interleaved). The rule both :meth:`ProfileResult.verdict` and the profiler's
+    measure-until-decided loop apply."""
+    return compare(base.samples if base.ok else [], v.samples if v.ok else [], names=(v.name, base.name),
+                   confidence=confidence)
+
+
+def verdict_cell(verdict: Verdict | None) -> str:
+    """A table cell: "baseline", "1.10x faster", "2.00x slower", "no difference measurable in N steps"."""
+    if verdict is None:
+        return "baseline"
+    if verdict.call == UNDECIDED:
+        return verdict.short if verdict.short == "n/a" else f"no difference measurable in {verdict.steps} steps"
+    return verdict.short
+
+
+STOPPED = {  # why a profile stopped measuring -> how the notes say it
+    "decided": "every comparison with {base} was decided",
+    "budget": "the {budget:g} s measuring budget ran out",
+    "cap": "the cap of {cap} steps per variant was reached",
+    "alone": "there was nothing to compare with {base}",
+}
+
+
 @dataclass
 class ProfileResult:
     """Measured step times per variant, plus the modeled GPU figures in columns of their own."""
@@ -100,6 +136,8 @@ class ProfileResult:
     modeled: dict = field(default_factory=dict)  # variant name -> ModeledStep
     chrome_trace: str | None = None
     notes: list[str] = field(default_factory=list)
+    stopped: str = ""  # why measuring stopped: a key of STOPPED ("" : not recorded)
+    budget_s: float | None = None  # the measuring budget it ran under
 
     def variant(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -114,12 +152,48 @@ class ProfileResult:
     def modeled_label(self) -> str:
         return self.gpu.label if self.gpu is not None else "modeled"
 
+    @property
+    def baseline(self) -> str:
+        """The variant the others are compared with: eager, or the first that ran when eager was not run."""
+        names = [v.name for v in self.variants if v.name == "eager" or v.error is None]
+        return "eager" if "eager" in names or not names else names[0]
+
+    @property
+    def measured_steps(self) -> int:
+        """Measured steps per variant (the requested ones and those run until a verdict was decided)."""
+        return max((len(v.samples) for v in self.variants), default=0)
+
+    def verdict(self, name: str, base: str | None = None) -> Verdict:
+        """Is `name` faster than `base` (default :attr:`baseline`), or is the difference noise?
+
+        The ratio of medians with a 99 % bootstrap interval (:data:`CONFIDENCE`) over the
+        interleaved rounds, and a call: faster, slower or no measurable difference (see
+        :mod:`fusionlab.verdict`)."""
+        return variant_verdict(self.variant(base or self.baseline), self.variant(name))
+
     def ratio(self, name: str, base: str = "eager") -> float:
-        """Speed-up of `name` over `base` (base median / name median; > 1 is faster)."""
+        """The bare ratio of medians, base / name (> 1: `name` is faster), for scripts.
+
+        A ratio is not a verdict: it can be noise. Show :meth:`verdict` to a reader."""
         b, v = self._both(base, name)
         if not (b and b.ok and v and v.ok):
             return float("nan")
         return b.median_ms / v.median_ms
+
+    def verdicts(self) -> dict[str, Verdict]:
+        """Every other variant's verdict against :attr:`baseline` (failed ones included, as n/a)."""
+        base = self.baseline
+        return {v.name: self.verdict(v.name, base) for v in self.variants if v.name != base}
+
+    @property
+    def measuring(self) -> str:
+        """One line: how many steps were measured and why measuring stopped."""
+        n, base = self.measured_steps, self.baseline
+        line = f"measured {n} steps per variant ({self.steps} requested)"
+        if self.stopped in STOPPED:
+            why = STOPPED[self.stopped].format(base=base, budget=self.budget_s or 0, cap=n)
+            line += f"; stopped because {why}"
+        return line
 
     def loss_rel_diff(self, name: str, base: str = "eager") -> float:
         """Largest relative difference of the per-step losses of `name` from `base`."""
@@ -134,75 +208,114 @@ class ProfileResult:
 
     # ------------------------------------------------------------------ table
 
-    def _rows(self) -> list[dict]:
+    def _short_columns(self) -> tuple[str, str, str]:
+        """The names of the columns that change with the baseline and the GPU."""
         gname = self.gpu.name if self.gpu is not None else "GPU"
+        return f"vs {self.baseline}", f"modeled {gname} MiB moved", gname
+
+    def _rows(self, detail: bool) -> list[dict]:
+        vs, mib, gname = self._short_columns()
+        verdicts = self.verdicts()
         rows = []
         for v in self.variants:
             m: ModeledStep | None = self.modeled.get(v.name)
+            vd = verdicts.get(v.name)
             row = {
                 "variant": v.name,
-                "executor": v.executor,
-                "device": v.device,
                 "median ms": v.median_ms,
                 "IQR ms": v.iqr_ms,
-                "min ms": v.min_ms,
-                "max ms": v.max_ms,
-                "speed-up vs eager": self.ratio(v.name),
+                vs: verdict_cell(vd),
                 "kernels/step": v.kernels_per_step,
-                "kernels counted from": v.kernels_how,
-                "loop nests/step": v.loop_nests,
-                "peak memory MiB": None if v.peak_memory is None else v.peak_memory / 2**20,
-                "loss rel diff vs eager": self.loss_rel_diff(v.name) if v.name != "eager" else 0.0,
-                "first step s": v.first_step_s,
-                f"modeled {gname} ms": m.ms if m is not None else None,
-                f"modeled {gname} kernels": m.launches if m is not None else None,
-                "modeled MiB moved": m.bytes / 2**20 if m is not None else None,
-                "modeled non-matmul MiB": m.nonmatmul_bytes / 2**20 if m is not None else None,
+                mib: m.bytes / 2**20 if m is not None else None,
             }
-            if any(x.kernels_measured is not None for x in self.variants):
-                row["kernels/step (torch.profiler)"] = v.kernels_measured
+            if detail:
+                row.update({
+                    "executor": v.executor,
+                    "device": v.device,
+                    "steps": len(v.samples),
+                    "min ms": v.min_ms,
+                    "max ms": v.max_ms,
+                    f"speed-up vs {self.baseline} (ratio of medians)": self.ratio(v.name, self.baseline),
+                    f"{CONFIDENCE:.0%} interval low": vd.low if vd is not None else None,
+                    f"{CONFIDENCE:.0%} interval high": vd.high if vd is not None else None,
+                    "kernels counted from": v.kernels_how,
+                    "loop nests/step": v.loop_nests,
+                    "peak memory MiB": None if v.peak_memory is None else v.peak_memory / 2**20,
+                    f"loss rel diff vs {self.baseline}": (self.loss_rel_diff(v.name, self.baseline)
+                                                          if vd is not None else 0.0),
+                    "first step s": v.first_step_s,
+                    f"modeled {gname} ms": m.ms if m is not None else None,
+                    f"modeled {gname} kernels": m.launches if m is not None else None,
+                    "modeled non-matmul MiB": m.nonmatmul_bytes / 2**20 if m is not None else None,
+                })
+                if any(x.kernels_measured is not None for x in self.variants):
+                    row["kernels/step (torch.profiler)"] = v.kernels_measured
             if v.error:
                 row["error"] = v.error
             rows.append(row)
         return rows
 
-    def table(self):
-        """One row per variant (pandas DataFrame). Modeled columns are named ``modeled <GPU> ...``."""
+    def table(self, detail: bool = False):
+        """One row per variant (pandas DataFrame): step time (median, IQR, measured), the verdict
+        against eager, kernels/step and the modeled bytes moved. ``detail=True``: every column
+        (executor, min/max, the bare ratio and its interval, peak memory, modeled ms, ...).
+        Modeled columns are named ``modeled <GPU> ...``."""
         import pandas as pd
 
-        df = pd.DataFrame(self._rows()).set_index("variant")
-        df.attrs["measured"] = f"measured on {self.device}"
+        df = pd.DataFrame(self._rows(detail)).set_index("variant")
+        df.attrs["measured"] = f"measured on {self.device}, {self.measured_steps} steps per variant"
         df.attrs["modeled"] = self.modeled_label
         return df
 
-    def text(self) -> str:
-        """A plain-text table (no pandas needed)."""
-        gname = self.gpu.name if self.gpu is not None else "GPU"
-        head = (f"{'variant':10} {'executor':30} {'median ms':>10} {'IQR ms':>9} {'vs eager':>9} "
-                f"{'kernels':>8} {'peak mem':>11} | {'modeled ' + gname + ' ms':>20} {'modeled MiB':>12}")
-        lines = [
-            f"fusionlab profile: {self.model_name}, {self.steps} measured steps after {self.warmup} warm-up "
-            f"(interleaved), optimizer {self.optimizer}",
+    def _header(self) -> list[str]:
+        return [
+            f"fusionlab profile: {self.model_name}, {self.measured_steps} measured steps per variant after "
+            f"{self.warmup} warm-up (interleaved), optimizer {self.optimizer}",
             f"measured on {self.device}; modeled columns: {self.modeled_label}",
-            head,
-            "-" * len(head),
         ]
-        for v in self.variants:
-            m = self.modeled.get(v.name)
-            if v.error:
-                lines.append(f"{v.name:10} {v.executor[:30]:30} FAILED: {v.error}")
-                continue
-            kern = "?" if v.kernels_per_step is None else str(v.kernels_per_step)
-            mod_ms = f"{m.ms:.3f}" if m is not None else "-"
-            mod_b = f"{m.bytes / 2**20:.2f}" if m is not None else "-"
-            lines.append(
-                f"{v.name:10} {v.executor[:30]:30} {v.median_ms:10.3f} {v.iqr_ms:9.3f} "
-                f"{self.ratio(v.name):8.2f}x {kern:>8} {_fmt_mib(v.peak_memory):>11} | {mod_ms:>20} {mod_b:>12}"
-            )
+
+    def _footer(self) -> list[str]:
+        lines = [f"  {vd}" for vd in self.verdicts().values()]
+        lines.append(f"  {self.measuring}")
         lines += [f"  note: {n}" for n in self.notes]
         if self.chrome_trace:
             lines.append(f"  Chrome trace: {self.chrome_trace}")
-        return "\n".join(lines)
+        return lines
+
+    def text(self, detail: bool = False) -> str:
+        """A plain-text table (no pandas needed), the verdicts in full under it.
+
+        ``detail=True``: the executor, min/max, peak memory and modeled step time too."""
+        vs, _, gname = self._short_columns()
+        verdicts = self.verdicts()
+        width = max([len(vs), 12] + [len(verdict_cell(vd)) for vd in verdicts.values()])
+        head = f"{'variant':10} {'median ms':>10} {'IQR ms':>9}  {vs:{width}} {'kernels/step':>12}"
+        if detail:
+            head = (f"{'variant':10} {'executor':30} {'median ms':>10} {'IQR ms':>9} {'min ms':>9} {'max ms':>9}"
+                    f"  {vs:{width}} {'kernels/step':>12} {'peak mem':>11}")
+        mod = f" | {'modeled ' + gname + ' MiB moved':>24}" + (f" {'modeled ' + gname + ' ms':>20}" if detail else "")
+        head += mod
+        lines = self._header() + [head, "-" * len(head)]
+        executors = []
+        for v in self.variants:
+            executors.append(f"{v.name} = {v.executor}")
+            if v.error:
+                lines.append(f"{v.name:10} FAILED: {v.error}")
+                continue
+            m = self.modeled.get(v.name)
+            kern = "?" if v.kernels_per_step is None else str(v.kernels_per_step)
+            cell = verdict_cell(verdicts.get(v.name))
+            mod_b = f"{m.bytes / 2**20:.2f}" if m is not None else "-"
+            if detail:
+                line = (f"{v.name:10} {v.executor[:30]:30} {v.median_ms:10.3f} {v.iqr_ms:9.3f} {v.min_ms:9.3f} "
+                        f"{v.max_ms:9.3f}  {cell:{width}} {kern:>12} {_fmt_mib(v.peak_memory):>11} | {mod_b:>24} "
+                        f"{(f'{m.ms:.3f}' if m is not None else '-'):>20}")
+            else:
+                line = f"{v.name:10} {v.median_ms:10.3f} {v.iqr_ms:9.3f}  {cell:{width}} {kern:>12} | {mod_b:>24}"
+            lines.append(line)
+        if not detail:
+            lines.append("  ran: " + "; ".join(executors))
+        return "\n".join(lines + self._footer())
 
     def __repr__(self) -> str:
         return self.text()
@@ -211,16 +324,23 @@ class ProfileResult:
         return self.text()
 
     def _repr_html_(self) -> str:
-        try:
-            table = self.table().to_html(float_format=lambda x: f"{x:.4g}", na_rep="-")
-        except ImportError:
-            table = "<pre>" + html.escape(self.text()) + "</pre>"
+        def html_table(detail: bool) -> str:
+            try:
+                return self.table(detail).to_html(float_format=lambda x: f"{x:.4g}", na_rep="-")
+            except ImportError:
+                return "<pre>" + html.escape(self.text(detail)) + "</pre>"
+
+        verdicts = "".join(f"<li>{html.escape(str(vd))}</li>" for vd in self.verdicts().values())
+        verdicts += f"<li>{html.escape(self.measuring)}</li>"
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         return (
-            f"<b>fusionlab profile of {html.escape(self.model_name)}</b>: {self.steps} measured steps "
-            f"after {self.warmup} warm-up, interleaved; optimizer {html.escape(self.optimizer)}.<br>"
-            f"Measured on {html.escape(self.device)}. Columns named <i>modeled</i>: "
-            f"{html.escape(self.modeled_label)} (never measured).{table}"
+            f"<b>fusionlab profile of {html.escape(self.model_name)}</b>: {self.measured_steps} measured "
+            f"steps per variant after {self.warmup} warm-up, interleaved; optimizer "
+            f"{html.escape(self.optimizer)}.<br>Measured on {html.escape(self.device)}. Columns named "
+            f"<i>modeled</i>: {html.escape(self.modeled_label)} (never measured).{html_table(False)}"
+            + f"<ul>{verdicts}</ul>"
+            + f"<details><summary>all columns (executor, min/max, ratio and interval, memory, "
+              f"modeled ms)</summary>{html_table(True)}</details>"
             + (f"<ul>{notes}</ul>" if notes else "")
         )
 

@@ -1,6 +1,6 @@
 """A profile drawn: the plotly figure and the stand-alone HTML report of a ProfileResult.
 
-``profile_figure(result)``: step times with their spread (measured), bytes moved, the
+``profile_figure(result)``: step times with their spread and verdicts (measured), bytes moved, the
 per-group breakdown and a roofline (modeled, labeled with the GPU spec), and the top ops
 and kernels of one profiled step per variant (measured). ``profile_html(result)``: the
 table, the figure (plotly.js inlined: opens with no server and no network), each
@@ -33,11 +33,17 @@ def profile_figure(res):
         vertical_spacing=0.09,
     )
     ok = [v for v in res.variants if v.ok]
+    from ..profiler.results import verdict_cell
+
+    verdicts = res.verdicts()
+    cells = [verdict_cell(verdicts.get(v.name)) for v in ok]
     fig.add_trace(go.Bar(
         x=[f"{v.name}<br>{v.executor}" for v in ok], y=[v.median_ms for v in ok],
         error_y=dict(type="data", symmetric=False, array=[v.q3_ms - v.median_ms for v in ok],
                      arrayminus=[v.median_ms - v.q1_ms for v in ok]),
-        text=[f"{v.median_ms:.2f} ms" for v in ok], name="measured step time", showlegend=False,
+        text=[f"{v.median_ms:.2f} ms<br>{cell}" for v, cell in zip(ok, cells)], name="measured step time",
+        hovertext=[str(verdicts[v.name]) if v.name in verdicts else f"{v.name}: the baseline" for v in ok],
+        showlegend=False,
         marker_color=[_COLORS.get(v.name, "#17becf") for v in ok],
     ), row=1, col=1)
     fig.update_yaxes(title_text="ms per training step (measured)", row=1, col=1)
