@@ -165,8 +165,8 @@ def test_reduction_spec_normalises_dims():
 @pytest.mark.parametrize("target", list(ops.POINTWISE), ids=str)
 def test_every_pointwise_entry_renders(target):
     """Each entry renders one Python expression over the argument names it is given, tl and
-    the helpers every generated kernel defines (codegen.emit.HELPERS), nothing else."""
-    from fusionlab.codegen.emit import HELPERS
+    the helpers every generated kernel defines (codegen.helpers.HELPERS), nothing else."""
+    from fusionlab.codegen.helpers import HELPERS
 
     helpers = set(re.findall(r"^def (\w+)\(", HELPERS, re.MULTILINE))
     expr = ops.POINTWISE[target].expr(["arg0", "arg1", "arg2"], {}, torch.float32)

@@ -156,7 +156,7 @@ def test_inductor_executor_matches_eager_over_three_steps(block, plan, executor,
 
 
 def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
-    import fusionlab.executors as ex_mod
+    import fusionlab.executors.groups as ex_mod
 
     def wrong(sub, examples, name):
         def fn(args):
@@ -296,7 +296,7 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
 
     from torch._inductor import graph as igraph
 
-    from fusionlab.capture import _TrainStep, fresh_entry
+    from fusionlab.capture import TrainStep, fresh_entry
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty on-disk cache
     zm = zoo.get("mlp")
@@ -323,7 +323,7 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
 
     torch._dynamo.reset()
     with unittest.mock.patch.object(igraph.GraphLowering, "compile_to_module", grab):
-        step = torch.compile(fresh_entry(_TrainStep(copy.deepcopy(zm.model), zm.loss_fn, True)))
+        step = torch.compile(fresh_entry(TrainStep(copy.deepcopy(zm.model), zm.loss_fn, True)))
         step(*zm.inputs).backward()
     assert codes, "plain torch.compile generated no code (served from a cache?)"
     # the same forward graph under another plan: compiled again under that plan's policy
