@@ -166,7 +166,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
         from torch._inductor.ir import TensorBox
         from torch._inductor.virtualized import V
 
-        from .ops import kind_of
+        from ..ops import kind_of
 
         # a copy: Inductor's passes change the graph they compile, and the backend's fallback
         # (calling the separately compiled groups) needs `gm` as it came
