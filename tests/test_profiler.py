@@ -153,8 +153,8 @@ def test_inductor_executor_matches_eager_over_three_steps(block, plan, executor,
     assert chk.ok()
 
 
-def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
-    import fusionlab.executors as ex_mod
+def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch, tmp_path):
+    import fusionlab.executors.groups as ex_mod
 
     def wrong(sub, examples, name):
         def fn(args):
@@ -163,6 +163,8 @@ def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
         return CompiledGroup(name, fn, 1, 0.0, "", True, "test")
 
     monkeypatch.setattr(InductorGroupExecutor, "_cache", {})
+    monkeypatch.setattr(InductorGroupExecutor, "_checks", {})  # and no check result known (nor on disk)
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ex_mod, "_compile_group", wrong)
     ex = InductorGroupExecutor()
     cand = next(c for c in plan.selected if "softmax" in c.pattern)
@@ -171,6 +173,8 @@ def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
     assert isinstance(status, KernelStatus) and not status.used
     assert "check against eager failed" in status.reason
     assert InductorGroupExecutor._cache == {}  # a refused group is not kept
+    again, status = InductorGroupExecutor()(cand, plan.capture.graph(cand.graph))  # its failed check is
+    assert again is None and "check against eager failed" in status.reason  # known, not retried
 
 
 def test_executor_compiles_one_group_alone(plan):
