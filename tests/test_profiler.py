@@ -291,16 +291,17 @@ def test_graph_executor_falls_back_to_per_group_calls(block, plan, monkeypatch):
     assert chk.ok(), chk
 
 
-def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
-    """The fusion policy is not in Inductor's cache key: a policy compile must never be served
-    from its caches (another plan's policy, or plain torch.compile) nor written to them."""
+def test_graph_executor_and_torch_compile_never_share_cached_code(monkeypatch, tmp_path):
+    """The fusion policy is in Inductor's cache key (tests/test_executor_cache.py): a policy
+    compile is never served plain torch.compile's code, nor another plan's, nor the reverse."""
     import unittest.mock
 
     from torch._inductor import graph as igraph
 
-    from fusionlab.capture import _TrainStep, fresh_entry
+    from fusionlab.capture import TrainStep, fresh_entry
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty on-disk cache
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "fusionlab"))
     zm = zoo.get("mlp")
     fw = [c for c in plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "none").candidates
           if c.graph.startswith("fw")]
@@ -325,7 +326,7 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
 
     torch._dynamo.reset()
     with unittest.mock.patch.object(igraph.GraphLowering, "compile_to_module", grab):
-        step = torch.compile(fresh_entry(_TrainStep(copy.deepcopy(zm.model), zm.loss_fn, True)))
+        step = torch.compile(fresh_entry(TrainStep(copy.deepcopy(zm.model), zm.loss_fn, True)))
         step(*zm.inputs).backward()
     assert codes, "plain torch.compile generated no code (served from a cache?)"
     # the same forward graph under another plan: compiled again under that plan's policy

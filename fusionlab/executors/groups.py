@@ -255,12 +255,13 @@ class InductorGroupExecutor:
     :func:`check_key` (the group's ops, inputs, the check's seed, and what decides the code
     Inductor generates for it). A group whose check is known is not checked again (a toggle
     rechecks only the groups it changed; a new process none it has seen); one found this way
-    is compiled on its first call, which only the per-group path makes. ``reused_checks``
+    is compiled at once here, on its first call (a fallback) in the whole-graph executor. ``reused_checks``
     lists the candidate ids whose result came from there. Every group in use has been
     checked: here or in an earlier run with the same key.
     """
 
     name = "inductor-cpp (per group)"
+    defer_compile = False  # a group whose check is known: compiled at once (False) or on its first call
     _cache: dict[tuple, CompiledGroup] = {}
     _checks: dict[str, CheckResult] = {}
 
@@ -301,7 +302,13 @@ class InductorGroupExecutor:
             if not check.ok:
                 return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
             group = self._cache.get(key)
-            group = group.copy() if group is not None else CompiledGroup.deferred(name, sub, metas, self.seed)
+            if group is not None:
+                group = group.copy()
+            else:
+                group = CompiledGroup.deferred(name, sub, metas, self.seed)
+                if not self.defer_compile:  # this executor calls every group: compile it now, unchecked again
+                    group._materialize()
+                    self._cache[key] = group
             self.groups[cand.id] = group
             return group, KernelStatus(cand.id, name, True, "", check)
         group = self._cache.get(key)

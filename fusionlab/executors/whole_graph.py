@@ -185,6 +185,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
     """
 
     name = "inductor-cpp (groups only)"
+    defer_compile = True  # a group is called only where its graph falls back
 
     def __init__(self, *, eager_outside_groups: bool = False, compile_unselected: bool = True, **kw):
         super().__init__(**kw)
