@@ -33,7 +33,7 @@ FORMAT = "fusionlab-cache/1"
 SCHEMA = 1  # bump when what an entry holds changes
 SUFFIX = ".entry"
 TMP_PREFIX = ".tmp-"
-NAMESPACES = ("inspect",)
+NAMESPACES = ("inspect", "checks", "graphs")  # checks, graphs: fusionlab.executors
 MODULES = "modules"  # generated kernel modules (fusionlab.kernels.kernel writes them; Triton reads source from files)
 
 

@@ -15,11 +15,16 @@ first time a test asks for it and hands the same object to every later test:
 Profiles measure exactly the steps a test asks for: ``FUSIONLAB_PROFILE_BUDGET=0`` (no
 measuring on until a verdict is decided) unless a test passes ``budget_s`` itself, as
 tests/test_profile_verdicts.py does.
+
+fusionlab's disk cache (inspect reports, group checks, loop listings, generated modules) is a
+fresh temporary folder per test process, so no test reads what an earlier run or the user
+left there (``FUSIONLAB_TEST_CACHE_DIR`` names a folder to keep instead).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -27,6 +32,8 @@ import fusionlab as fl  # noqa: I001  (imported before anything imports triton)
 from fusionlab import zoo
 
 os.environ.setdefault("FUSIONLAB_PROFILE_BUDGET", "0")
+os.environ["FUSIONLAB_CACHE_DIR"] = os.environ.get("FUSIONLAB_TEST_CACHE_DIR") or tempfile.mkdtemp(
+    prefix="fusionlab-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,7 @@ def test_inductor_executor_matches_eager_over_three_steps(block, plan, executor,
     assert chk.ok()
 
 
-def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
+def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch, tmp_path):
     import fusionlab.executors.groups as ex_mod
 
     def wrong(sub, examples, name):
@@ -165,6 +165,8 @@ def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
         return CompiledGroup(name, fn, 1, 0.0, "", True, "test")
 
     monkeypatch.setattr(InductorGroupExecutor, "_cache", {})
+    monkeypatch.setattr(InductorGroupExecutor, "_checks", {})  # and no check result known (nor on disk)
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ex_mod, "_compile_group", wrong)
     ex = InductorGroupExecutor()
     cand = next(c for c in plan.selected if "softmax" in c.pattern)
@@ -173,6 +175,8 @@ def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch):
     assert isinstance(status, KernelStatus) and not status.used
     assert "check against eager failed" in status.reason
     assert InductorGroupExecutor._cache == {}  # a refused group is not kept
+    again, status = InductorGroupExecutor()(cand, plan.capture.graph(cand.graph))  # its failed check is
+    assert again is None and "check against eager failed" in status.reason  # known, not retried
 
 
 def test_executor_compiles_one_group_alone(plan):
@@ -289,9 +293,9 @@ def test_graph_executor_falls_back_to_per_group_calls(block, plan, monkeypatch):
     assert chk.ok(), chk
 
 
-def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
-    """The fusion policy is not in Inductor's cache key: a policy compile must never be served
-    from its caches (another plan's policy, or plain torch.compile) nor written to them."""
+def test_graph_executor_and_torch_compile_never_share_cached_code(monkeypatch, tmp_path):
+    """The fusion policy is in Inductor's cache key (tests/test_executor_cache.py): a policy
+    compile is never served plain torch.compile's code, nor another plan's, nor the reverse."""
     import unittest.mock
 
     from torch._inductor import graph as igraph
@@ -299,6 +303,7 @@ def test_graph_executor_leaves_inductor_caches_alone(monkeypatch, tmp_path):
     from fusionlab.capture import TrainStep, fresh_entry
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty on-disk cache
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "fusionlab"))
     zm = zoo.get("mlp")
     fw = [c for c in plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "none").candidates
           if c.graph.startswith("fw")]

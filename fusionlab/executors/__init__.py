@@ -23,6 +23,16 @@ piece under a fusion policy (an op's value is stored unless every reader is in i
 the scheduler merges loop nests only inside one group). The step then runs Inductor's
 generated wrapper instead of the FX graph's Python code, which costs the per-group
 executor several hundred microseconds a step in views, getitems and unfused ops.
+
+Caches. The fusion policy is part of Inductor's FX graph cache key (a post-fusion scheduler
+pass whose ``uuid()`` hashes it), so a plan compiled once, in this process or an earlier
+one, comes back from that cache, and one plan's code is never served for another. A hit
+runs no lowering or scheduling, so the loop listing verified at the miss is kept in
+fusionlab's cache (``fusionlab.cache``, namespace "graphs") under Inductor's key, read back
+and verified again; a hit without one is compiled again with the cache off. Group check
+results are kept by the group's ops, input shapes, strides and dtypes and what decides
+Inductor's code for it (namespace "checks"): a toggle recompiles only the graph it changed
+and rechecks only the groups it changed.
 """
 
 from __future__ import annotations

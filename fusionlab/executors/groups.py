@@ -5,12 +5,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import re
 import time
+from pathlib import Path
 
 import torch
 import torch.fx
 
+from .. import cache
 from ..candidates import Candidate
 from ..capture import CapturedGraph
 from ..check import (
@@ -53,9 +58,32 @@ class CompiledGroup:
         self.boxed = boxed
         self.how = how  # "compile_fx_inner" | "compile_fx"
         self.fast = False  # call the generated code directly (set once a first call went through fn)
+        self._pending = None  # (subgraph, input metas, seed) of a group compiled on its first call
         self.__name__ = name
 
+    @classmethod
+    def deferred(cls, name: str, sub: torch.fx.GraphModule, metas: list[tuple], seed: int) -> CompiledGroup:
+        """A group whose check passed earlier (same subgraph, inputs and environment): compiled
+        on its first call, which only the per-group path makes (a whole graph runs its own code)."""
+        group = cls(name, None, 0, 0.0, "", True, "deferred")
+        group._pending = (sub, metas, seed)
+        return group
+
+    def _materialize(self) -> None:
+        sub, metas, seed = self._pending
+        with _outside_compile():
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(seed)
+            examples = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
+            built = _compile_group(sub, examples, self.name)
+            built(*examples)  # the first call goes through CompiledFxGraph.__call__
+        self.fn, self.kernels, self.seconds, self.source, self.boxed, self.how = (
+            built.fn, built.kernels, built.seconds, built.source, built.boxed, built.how)
+        self.fast, self._pending = built.boxed, None
+
     def __call__(self, *args):
+        if self._pending is not None:
+            self._materialize()
         if self.boxed:
             fn = self._fast or self.fn
             if _profiling():
@@ -72,7 +100,7 @@ class CompiledGroup:
 
     def copy(self) -> CompiledGroup:
         g = CompiledGroup(self.name, self.fn, self.kernels, 0.0, self.source, self.boxed, self.how)
-        g.fast = self.fast
+        g.fast, g._pending = self.fast, self._pending
         return g
 
     def __repr__(self) -> str:
@@ -90,12 +118,15 @@ def _compile_group(sub: torch.fx.GraphModule, examples: list[torch.Tensor], name
 
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     start = time.perf_counter()
     try:
         gm = copy.deepcopy(sub)
-        mode = FakeTensorMode()
+        # a shape env (static shapes: no symbols) lets Inductor's FX graph cache serve the group
+        # (it bypasses a compile without one): a new process loads it instead of compiling
+        mode = FakeTensorMode(shape_env=ShapeEnv())
         fake = [mode.from_tensor(x, static_shapes=True) for x in examples]
         FakeTensorProp(gm, mode).propagate(*fake)
         with torch._guards.tracing(torch._guards.TracingContext(mode)):
@@ -158,6 +189,59 @@ def _input_meta(graph: CapturedGraph, cand: Candidate) -> list[tuple]:
     return metas
 
 
+CHECKS = "checks"  # fusionlab.cache namespace of group check results
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """The fusionlab code a check result depends on: this executor, the check, the subgraph."""
+    from .. import check
+    from ..kernels import kernel
+
+    h = hashlib.sha256()
+    for f in (__file__, check.__file__, kernel.__file__):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: int) -> str:
+    """What a group's check result depends on: the subgraph's code (its ops), the inputs' shapes,
+    strides, dtypes and devices, the check's seed and trials, and everything that decides the
+    code Inductor generates for it (torch version, Inductor's config, CPU capability, threads)
+    and the fusionlab code that checks it."""
+    from torch._inductor import config as iconfig
+
+    config = sorted((k, repr(v)) for k, v in iconfig.save_config_portable().items())
+    return cache.make_key("group-check", sub.code, [repr(m[1:]) for m in metas], seed, trials,
+                          torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
+                          config, _code_version())
+
+
+def _stored_check(key: str) -> CheckResult | None:
+    found = InductorGroupExecutor._checks.get(key)
+    if found is not None:
+        return dataclasses.replace(found)
+    try:
+        payload = cache.get(key, CHECKS)
+    except (cache.CacheCorruptError, OSError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    try:
+        res = CheckResult(**payload)
+    except TypeError:  # another CheckResult shape: check again
+        return None
+    res.shapes = tuple(tuple(s) for s in res.shapes)
+    InductorGroupExecutor._checks[key] = res
+    return dataclasses.replace(res)
+
+
+def _store_check(key: str, res: CheckResult) -> None:
+    InductorGroupExecutor._checks[key] = dataclasses.replace(res)
+    with contextlib.suppress(OSError):
+        cache.put(key, dataclasses.asdict(res), CHECKS)
+
+
 class InductorGroupExecutor:
     """Compile each selected group alone with Inductor; check it against eager; use it if it matches.
 
@@ -166,10 +250,20 @@ class InductorGroupExecutor:
     code, kernel count, compile time). Compiled groups are kept per process, keyed by the
     subgraph's code and its input shapes, strides and dtypes, so a second profile of the
     same plan compiles nothing.
+
+    Check results are kept too, in this process and in fusionlab's disk cache, keyed by
+    :func:`check_key` (the group's ops, inputs, the check's seed, and what decides the code
+    Inductor generates for it). A group whose check is known is not checked again (a toggle
+    rechecks only the groups it changed; a new process none it has seen); one found this way
+    is compiled at once here, on its first call (a fallback) in the whole-graph executor. ``reused_checks``
+    lists the candidate ids whose result came from there. Every group in use has been
+    checked: here or in an earlier run with the same key.
     """
 
     name = "inductor-cpp (per group)"
+    defer_compile = False  # a group whose check is known: compiled at once (False) or on its first call
     _cache: dict[tuple, CompiledGroup] = {}
+    _checks: dict[str, CheckResult] = {}
 
     def __init__(self, *, validate: bool = True, seed: int = 0, trials: int = 2):
         self.validate = validate
@@ -177,6 +271,7 @@ class InductorGroupExecutor:
         self.trials = trials
         self.groups: dict[str, CompiledGroup] = {}
         self.statuses: list[KernelStatus] = []
+        self.reused_checks: list[str] = []  # candidate ids whose check result was known
 
     def __repr__(self) -> str:
         return f"<InductorGroupExecutor: {len(self.groups)} groups compiled>"
@@ -199,6 +294,23 @@ class InductorGroupExecutor:
         sub = extract_subgraph(graph.gm, cand)
         key = (sub.code, tuple(m[1:] for m in metas))
         name = f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"
+        ckey = check_key(sub, metas, self.seed, self.trials) if self.validate else None
+        check = _stored_check(ckey) if ckey is not None else None
+        if check is not None:  # checked before: this process, or an earlier one with the same key
+            self.reused_checks.append(cand.id)
+            check.seconds = 0.0
+            if not check.ok:
+                return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
+            group = self._cache.get(key)
+            if group is not None:
+                group = group.copy()
+            else:
+                group = CompiledGroup.deferred(name, sub, metas, self.seed)
+                if not self.defer_compile:  # this executor calls every group: compile it now, unchecked again
+                    group._materialize()
+                    self._cache[key] = group
+            self.groups[cand.id] = group
+            return group, KernelStatus(cand.id, name, True, "", check)
         group = self._cache.get(key)
         with _outside_compile():
             gen = torch.Generator(device="cpu")
@@ -215,6 +327,8 @@ class InductorGroupExecutor:
             else:
                 group = group.copy()
                 check = self._check(group, sub, metas, gen, examples) if self.validate else None
+        if check is not None and check.error is None:  # an exception may be passing (memory...): not kept
+            _store_check(ckey, check)
         self.groups[cand.id] = group
         if check is not None and not check.ok:
             return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
@@ -255,5 +369,6 @@ class InductorGroupExecutor:
 
 
 def clear_cache() -> None:
-    """Forget every group compiled in this process (Inductor's own disk cache stays)."""
+    """Forget every group compiled and checked in this process (the disk caches stay)."""
     InductorGroupExecutor._cache.clear()
+    InductorGroupExecutor._checks.clear()
