@@ -204,15 +204,15 @@ def _code_version() -> str:
     return h.hexdigest()
 
 
-def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: int) -> str:
-    """What a group's check result depends on: the subgraph's code (its ops), the inputs' shapes,
+def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: int, executor: str) -> str:
+    """What a group's check result depends on: the executor that reports it, the subgraph's code (its ops), the inputs' shapes,
     strides, dtypes and devices, the check's seed and trials, and everything that decides the
     code Inductor generates for it (torch version, Inductor's config, CPU capability, threads)
     and the fusionlab code that checks it."""
     from torch._inductor import config as iconfig
 
     config = sorted((k, repr(v)) for k, v in iconfig.save_config_portable().items())
-    return cache.make_key("group-check", sub.code, [repr(m[1:]) for m in metas], seed, trials,
+    return cache.make_key("group-check", executor, sub.code, [repr(m[1:]) for m in metas], seed, trials,
                           torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
                           config, _code_version())
 
@@ -294,7 +294,7 @@ class InductorGroupExecutor:
         sub = extract_subgraph(graph.gm, cand)
         key = (sub.code, tuple(m[1:] for m in metas))
         name = f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"
-        ckey = check_key(sub, metas, self.seed, self.trials) if self.validate else None
+        ckey = check_key(sub, metas, self.seed, self.trials, self.name) if self.validate else None
         check = _stored_check(ckey) if ckey is not None else None
         if check is not None:  # checked before: this process, or an earlier one with the same key
             self.reused_checks.append(cand.id)
