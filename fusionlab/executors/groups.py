@@ -205,10 +205,10 @@ def _code_version() -> str:
 
 
 def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: int, executor: str) -> str:
-    """What a group's check result depends on: the executor that reports it, the subgraph's code (its ops), the inputs' shapes,
-    strides, dtypes and devices, the check's seed and trials, and everything that decides the
-    code Inductor generates for it (torch version, Inductor's config, CPU capability, threads)
-    and the fusionlab code that checks it."""
+    """What a group's check result depends on: the executor that reports it, the subgraph's
+    code (its ops), the inputs' shapes, strides, dtypes and devices, the check's seed and
+    trials, and everything that decides the code Inductor generates for it (torch version,
+    Inductor's config, CPU capability, threads) and the fusionlab code that checks it."""
     from torch._inductor import config as iconfig
 
     config = sorted((k, repr(v)) for k, v in iconfig.save_config_portable().items())
