@@ -33,7 +33,7 @@ FORMAT = "fusionlab-cache/1"
 SCHEMA = 1  # bump when what an entry holds changes
 SUFFIX = ".entry"
 TMP_PREFIX = ".tmp-"
-NAMESPACES = ("inspect", "checks", "graphs")  # checks, graphs: fusionlab.executors
+NAMESPACES = ("inspect", "checks", "graphs", "values")  # checks, graphs: fusionlab.executors; values: fusionlab.inductor
 MODULES = "modules"  # generated kernel modules (fusionlab.kernels.kernel writes them; Triton reads source from files)
 
 

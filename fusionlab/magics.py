@@ -3,6 +3,7 @@
 Line magic::
 
     %fusionlab profile MODEL [INPUTS] [--loss NAME] [options]
+    %fusionlab inductor MODEL [INPUTS] [--loss NAME]   fusionlab's candidates vs torch.compile's fusions
     %fusionlab kernels          the current plan's kernels: id, pattern, check status
     %fusionlab plan             the current plan (selection and modeled summary)
     %fusionlab help
@@ -52,6 +53,14 @@ def profile_parser() -> _Parser:
     return p
 
 
+def inductor_parser() -> _Parser:
+    p = _Parser(prog="%fusionlab inductor", add_help=False)
+    p.add_argument("model", metavar="MODEL", help="a name or expression in the notebook, or zoo:NAME")
+    p.add_argument("inputs", nargs="?", metavar="INPUTS", help="a tensor or a tuple of them (optional for zoo:)")
+    p.add_argument("--loss", default=None, metavar="NAME", help="loss_fn(output, *inputs) in the notebook")
+    return p
+
+
 def cell_parser() -> _Parser:
     p = _Parser(prog="%%fusionlab profile", add_help=False)
     add_timing_options(p)
@@ -67,6 +76,7 @@ def _options_help() -> str:
 
 USAGE = f"""\
 %fusionlab profile MODEL [INPUTS] [--loss NAME] [options]   profile training steps
+%fusionlab inductor MODEL [INPUTS] [--loss NAME]   candidates vs torch.compile's own fusions (the diff)
 %fusionlab kernels          the current plan's kernels (id, pattern, check status)
 %fusionlab plan             the current plan
 %fusionlab help             this text
@@ -124,6 +134,7 @@ class FusionlabExtension:
         self.plan = None
         self.last_result = None
         self.last_cell = None
+        self.last_diff = None
 
     # ------------------------------------------------------------------ entry
 
@@ -143,6 +154,8 @@ class FusionlabExtension:
                 return self.profile_cell(rest, cell)
             if cmd == "profile":
                 return self.profile(rest)
+            if cmd == "inductor":
+                return self.inductor(rest)
             if cmd == "kernels":
                 return self.kernels(rest)
             if cmd == "plan":
@@ -189,6 +202,21 @@ class FusionlabExtension:
             path = result.to_html(args.html)
             print(f"fusionlab: report written to {path}")
         return result
+
+    def inductor(self, argv: list[str]):
+        """Capture MODEL, find its candidates, compile it with Inductor and show the diff; the new
+        plan (nothing selected) becomes the current plan (``plan.select_like_inductor()`` starts
+        from torch.compile's choices)."""
+        args = inductor_parser().parse_args(argv)
+        model, inputs, loss_fn, _name = self._model_and_inputs(args)
+        from .capture import capture
+        from .inductor import inductor_diff
+        from .plan import FusionPlan
+
+        self.plan = FusionPlan(capture(model, *inputs, loss_fn=loss_fn))
+        self.last_diff = inductor_diff(self.plan)
+        print(self.last_diff)
+        return None
 
     def _model_and_inputs(self, args):
         """(model, inputs as a tuple, loss_fn, name or None) from MODEL, INPUTS and --loss."""

@@ -145,6 +145,14 @@ class FusionPlan:
             self._commit(chosen)
         return self
 
+    def select_like_inductor(self, decisions=None) -> FusionPlan:
+        """Select the candidates torch.compile's Inductor also fuses (each inside one of its kernels);
+        see :func:`fusionlab.inductor.select_like_inductor`."""
+        from .inductor import select_like_inductor
+
+        select_like_inductor(self, decisions)
+        return self
+
     def clear(self) -> FusionPlan:
         self._commit({})
         return self

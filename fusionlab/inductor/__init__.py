@@ -28,8 +28,8 @@ from .decisions import (
     Refusal,
     inductor_decisions,
 )
-# from .diff import InductorDiff, inductor_diff, select_like_inductor
-# from .value import CandidateValue, CandidateValues, measure_candidates
+from .diff import InductorDiff, inductor_diff, select_like_inductor
+from .value import CandidateValue, CandidateValues, measure_candidates
 
 __all__ = [
     "LIBRARY", "NO_KERNEL", "CandidateValue", "CandidateValues", "GraphDecisions", "InductorDecisions",
