@@ -136,8 +136,12 @@ def _ranges(snode) -> str:
         return "?"
 
 
-def compile_graph(gm: torch.fx.GraphModule, kind: str) -> RawCompile:
-    """Compile one captured graph (a copy) as torch.compile's Inductor would, and watch it."""
+def compile_graph(gm: torch.fx.GraphModule, kind: str, fallback_random: bool = False) -> RawCompile:
+    """Compile one captured graph (a copy) as torch.compile's Inductor would, and watch it.
+
+    ``fallback_random``: random ops as ATen calls (Inductor's config of that name); needed for a
+    captured graph with random ops, whose rewrite (Inductor's joint-graph ``replace_random``
+    pass) runs before the capture point in torch.compile."""
     from unittest import mock
 
     ind = require_inductor()
@@ -199,7 +203,8 @@ def compile_graph(gm: torch.fx.GraphModule, kind: str) -> RawCompile:
             stack.enter_context(mock.patch.object(ind.CppScheduling, "can_fuse_horizontal",
                                                   watch(cpp_horizontal, "horizontal")))
             stack.enter_context(ind.config.patch(fx_graph_cache=False, fx_graph_remote_cache=False,
-                                                 _post_fusion_custom_pass=post_fusion))
+                                                 _post_fusion_custom_pass=post_fusion,
+                                                 **({"fallback_random": True} if fallback_random else {})))
             stack.enter_context(torch._guards.tracing(torch._guards.TracingContext(mode)))
             compiled = ind.compile_fx_inner(gm, fake, is_backward=kind == "backward",
                                             is_inference=kind == "inference")

@@ -93,6 +93,7 @@ class GraphDecisions:
     device: str = "cpu"
     seconds: float = 0.0
     error: str | None = None  # Inductor could not compile this graph: why
+    note: str = ""  # how this compile differs from torch.compile's, where it does
 
     @property
     def generated(self) -> list[InductorKernel]:
@@ -112,9 +113,10 @@ class GraphDecisions:
             return f"{self.tag}: {self.error}"
         fused = sum(1 for k in self.kernels if k.fused)
         where = f" in {len(self.functions)} C++ functions" if self.device == "cpu" and self.functions else ""
+        note = f"; {self.note}" if self.note else ""
         return (f"{self.tag}: {len(self.generated)} {'loop nests' if self.device == 'cpu' else 'kernels'}"
                 f"{where} ({fused} fuse two or more ops), {len(self.library_calls)} library calls, "
-                f"{len(self.refusals)} refused fusions")
+                f"{len(self.refusals)} refused fusions{note}")
 
 
 @dataclass
@@ -221,8 +223,16 @@ def graph_decisions(graph: CapturedGraph) -> GraphDecisions:
     key = _memo_key(graph)
     if key in _MEMO:
         return _MEMO[key]
+    note = ""
     try:
-        raw = compile_graph(graph.gm, graph.kind)
+        try:
+            raw = compile_graph(graph.gm, graph.kind)
+        except Exception as e:  # noqa: BLE001 - random ops: compiled again as ATen calls, said in `note`
+            if "replace_random" not in str(e):
+                raise
+            raw = compile_graph(graph.gm, graph.kind, fallback_random=True)
+            note = ("random ops are ATen calls here (fallback_random): torch.compile rewrites them in a "
+                    "joint-graph pass that runs before the point fusionlab captures")
     except InductorUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - one graph's failure is a result; the others still show
@@ -232,6 +242,7 @@ def graph_decisions(graph: CapturedGraph) -> GraphDecisions:
         return GraphDecisions(graph.tag, graph.kind,
                               error=f"Inductor could not compile {graph.tag}: {type(e).__name__}: {first}")
     out = _assign(graph, raw)
+    out.note = note
     _MEMO[key] = out
     return out
 
