@@ -40,11 +40,11 @@ def decisions(zoo_capture):
     return get
 
 
-def _called(source: str) -> tuple[set[str], int]:
-    """The C++ functions and the number of extern_kernels calls in the generated ``call``."""
+def _called(source: str) -> tuple[set[str], list[str]]:
+    """The C++ functions and the extern_kernels calls (sorted) in the generated ``call``."""
     body = source[source.find("def call("):]
-    return set(re.findall(r"^\s+(cpp_fused_\w+)\(", body, re.M)), len(re.findall(r"^\s+extern_kernels\.\w+\(",
-                                                                                    body, re.M))
+    return (set(re.findall(r"^\s+(cpp_fused_\w+)\(", body, re.M)),
+            sorted(re.findall(r"\b(extern_kernels\.\w+)\(", body)))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -69,8 +69,8 @@ def test_every_node_has_one_owner_and_counts_match_inductor(name, zoo_capture, d
         assert len(gd.generated) + gd.outer_loop_trials == gd.metrics_kernels, g.tag
         functions, externs = _called(gd.source)
         assert set(gd.functions) == functions
-        assert sum(1 for k in gd.library_calls if k.function.startswith("extern_kernels.")) == externs
-        assert all(k.code and "for(" in k.code for k in gd.generated)  # each nest's own C++ loop
+        assert sorted(k.function for k in gd.library_calls if k.function.startswith("extern_kernels.")) == externs
+        assert all(k.code for k in gd.generated) and any("for(" in k.code for k in gd.generated)  # its own C++
         for k in gd.kernels:  # a recomputed node is computed by another kernel too
             for n in k.recomputed:
                 assert len(d.kernels_of(g.tag, n)) > 1

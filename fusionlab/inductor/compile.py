@@ -47,13 +47,19 @@ def require_inductor():
 
     try:
         from torch._inductor import config, ir, metrics
+        from torch._inductor.async_compile import AsyncCompile
         from torch._inductor import scheduler as sched
-        from torch._inductor.codegen.cpp import CppScheduling, KernelGroup, OuterLoopFusedSchedulerNode
+        from torch._inductor.codegen.cpp import (
+            CppScheduling,
+            KernelGroup,
+            OuterLoopFusedSchedulerNode,
+        )
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.virtualized import V
 
-        needed = [(sched, "WhyNoFuse"), (sched, "fusion_log"), (sched, "NopKernelSchedulerNode"), (metrics, "generated_kernel_count"),
-                  (ir, "MultiOutput"),
+        needed = [(sched, "WhyNoFuse"), (sched, "fusion_log"), (sched, "NopKernelSchedulerNode"),
+                  (metrics, "generated_kernel_count"),
+                  (ir, "MultiOutput"), (AsyncCompile, "cpp_pybinding"), (AsyncCompile, "cpp"),
                   (KernelGroup, "finalize_kernel"), (CppScheduling, "define_kernel"),
                   (CppScheduling, "can_fuse_vertical"), (CppScheduling, "can_fuse_horizontal")]
         for owner, name in needed:
@@ -66,7 +72,8 @@ def require_inductor():
             f"fusionlab.inductor reads Inductor internals that torch {torch.__version__} does not have "
             f"({e}); it was written against torch {TESTED_TORCH}") from None
     return SimpleNamespace(config=config, ir=ir, metrics=metrics, sched=sched, CppScheduling=CppScheduling,
-                           KernelGroup=KernelGroup, OuterLoop=OuterLoopFusedSchedulerNode, compile_fx_inner=compile_fx_inner, V=V)
+                           KernelGroup=KernelGroup, OuterLoop=OuterLoopFusedSchedulerNode,
+                           compile_fx_inner=compile_fx_inner, V=V, AsyncCompile=AsyncCompile)
 
 
 @dataclass
@@ -183,6 +190,11 @@ def compile_graph(gm: torch.fx.GraphModule, kind: str, fallback_random: bool = F
                 with contextlib.suppress(Exception):
                     raw.refusals.append((why.name1, why.name2, str(why.reason), str(why).split(": ", 1)[-1]))
 
+    def not_built(self, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("fusionlab.inductor lists Inductor's code for a graph; it does not build or run it")
+        return call
+
     def post_fusion(nodes):
         finals[:] = list(nodes)
         return nodes
@@ -198,6 +210,9 @@ def compile_graph(gm: torch.fx.GraphModule, kind: str, fallback_random: bool = F
         with contextlib.ExitStack() as stack:
             stack.enter_context(mock.patch.object(ind.KernelGroup, "finalize_kernel", on_finalize))
             stack.enter_context(mock.patch.object(ind.CppScheduling, "define_kernel", on_define))
+            # the C++ is generated as torch.compile would; it is read, never run, so not built
+            stack.enter_context(mock.patch.object(ind.AsyncCompile, "cpp_pybinding", not_built))
+            stack.enter_context(mock.patch.object(ind.AsyncCompile, "cpp", not_built))
             stack.enter_context(mock.patch.object(ind.CppScheduling, "can_fuse_vertical",
                                                   watch(cpp_vertical, "vertical")))
             stack.enter_context(mock.patch.object(ind.CppScheduling, "can_fuse_horizontal",
