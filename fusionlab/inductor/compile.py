@@ -47,8 +47,8 @@ def require_inductor():
 
     try:
         from torch._inductor import config, ir, metrics
-        from torch._inductor.async_compile import AsyncCompile
         from torch._inductor import scheduler as sched
+        from torch._inductor.async_compile import AsyncCompile
         from torch._inductor.codegen.cpp import (
             CppScheduling,
             KernelGroup,
