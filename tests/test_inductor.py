@@ -182,6 +182,17 @@ def test_measured_values_are_cached_and_labeled(zoo_plan, tmp_path, monkeypatch)
         measure_candidates(plan, some, rounds=3)
 
 
+def test_the_same_block_in_two_layers_is_measured_once(zoo_plan, tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
+    plan = zoo_plan("gpt2-tiny", select=None)
+    twins = [c.id for c in plan.candidates if c.pattern == "softmax_backward"]
+    assert len(twins) == 2  # one per layer
+    first, second = measure_candidates(plan, twins, rounds=8, progress=False)
+    assert second.same_as == first.candidate and not first.same_as
+    assert (second.fused_ms, second.verdict) == (first.fused_ms, first.verdict)
+    assert f"(= {first.candidate})" in measure_candidates(plan, twins, rounds=8, progress=False).table()
+
+
 def test_magic_prints_the_diff(capsys):
     pytest.importorskip("IPython")
     from IPython.testing.globalipapp import get_ipython

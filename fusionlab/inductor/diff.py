@@ -118,10 +118,31 @@ def _why_apart(graph, c1, c2, kinds) -> str:
     return f"fusionlab's search kept {c1.id} and {c2.id} apart (fusing them would close a cycle or mix row sets)"
 
 
+def _row_sets(graph, names, kinds) -> set[tuple]:
+    """(input shape, reduced dims) of each reduction among `names`."""
+    from ..grouping import node_shape
+    from ..ops import reduction_spec
+
+    fx = {n.name: n for n in graph.gm.graph.nodes}
+    out = set()
+    for n in names:
+        if kinds.get(n) == "reduction":
+            try:
+                spec = reduction_spec(fx[n])
+            except (KeyError, AttributeError, TypeError):
+                continue
+            out.add((node_shape(spec.input), spec.dims))
+    return out
+
+
 def _why_inductor_only(graph, kernel, nodes: set[str], cands, owner_cand, kinds) -> str:
     if kernel.kind == "template" or any(kinds.get(n) == "matmul" for n in kernel.nodes):
         return "a matmul epilogue: fusionlab never fuses into a matmul"
     reasons = []
+    rows = _row_sets(graph, kernel.nodes, kinds)
+    if len(rows) > 1:
+        shown = "; ".join(f"{list(s)} over dims {list(d)}" for s, d in sorted(rows, key=str))
+        reasons.append(f"a mixed-order reduction ({shown}): a fusionlab kernel reduces one set of rows")
     loose = sorted((n for n in nodes if n not in owner_cand),
                    key=lambda n: (kinds.get(n) != "opaque", list(graph.nodes).index(n)))
     for n in loose:

@@ -8,8 +8,10 @@ says whether the fused version is faster, slower or not measurably different (a 
 interval of the ratio of medians beyond ±3 %). A group that fails its check is reported
 with the reason and not timed. Modeled bytes saved stand beside the measured figures, labeled.
 
-Results are kept in fusionlab's disk cache (namespace "values"), keyed by the group's ops,
-its input shapes, strides and dtypes, the rounds, the torch version, the CPU capability and
+A candidate with the same ops, wiring and input shapes as one already measured in the run (the
+same block in the next layer) gets that measurement, and its row says whose (``same_as``).
+Results are kept in fusionlab's disk cache (namespace "values"), keyed by the group's ops and
+wiring (not its node names), its input shapes, strides and dtypes, the rounds, the torch version, the CPU capability and
 the thread count: a second run on the same model measures nothing again. On a GPU this would
 time fusionlab's Triton kernel instead; that path is not built yet (``measure_candidates``
 says so rather than timing the interpreter).
@@ -18,6 +20,7 @@ says so rather than timing the interpreter).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import math
 import statistics
@@ -52,6 +55,7 @@ class CandidateValue:
     device: str
     error: str = ""  # the group failed to compile or its check: not timed
     cached: bool = False
+    same_as: str = ""  # the candidate with the same ops, wiring and input shapes whose measurement this is
 
     @property
     def slower(self) -> bool:
@@ -84,18 +88,19 @@ class CandidateValues(list):
         return next((v for v in self if v.candidate == cid), None)
 
     def table(self) -> str:
+        w = max([36] + [len(v.candidate) for v in self])
         lines = [f"measured on {self.device}: each group compiled alone by Inductor vs the same ops unfused "
                  "(eager), interleaved; bytes saved are modeled",
-                 f"{'candidate':36} {'unfused ms':>10} {'fused ms':>9} {'IQR (u/f)':>13}  {'measured':26} "
+                 f"{'candidate':{w}} {'unfused ms':>10} {'fused ms':>9} {'IQR (u/f)':>13}  {'measured':26} "
                  f"{'saves (modeled)':>15}"]
         for v in self:
             if v.error:
-                lines.append(f"{v.candidate:36} {'-':>10} {'-':>9} {'-':>13}  {'not timed':26} "
+                lines.append(f"{v.candidate:{w}} {'-':>10} {'-':>9} {'-':>13}  {'not timed':26} "
                              f"{fmt_bytes(v.bytes_saved):>15}  ({v.error})")
                 continue
             iqr = f"{v.unfused_iqr_ms:.3f}/{v.fused_iqr_ms:.3f}"
-            flag = "  <- slower fused" if v.slower else ""
-            lines.append(f"{v.candidate:36} {v.unfused_ms:10.3f} {v.fused_ms:9.3f} {iqr:>13}  {v.short:26} "
+            flag = ("  <- slower fused" if v.slower else "") + (f"  (= {v.same_as})" if v.same_as else "")
+            lines.append(f"{v.candidate:{w}} {v.unfused_ms:10.3f} {v.fused_ms:9.3f} {iqr:>13}  {v.short:26} "
                          f"{fmt_bytes(v.bytes_saved):>15}{flag}")
         return "\n".join(lines)
 
@@ -106,8 +111,19 @@ class CandidateValues(list):
         return "<pre>" + html.escape(self.table()) + "</pre>"
 
 
+def _signature(sub) -> list:
+    """The subgraph's ops and wiring without node names: two layers' identical groups are one."""
+    index = {n: i for i, n in enumerate(sub.graph.nodes)}
+
+    def ref(a):
+        return torch.fx.node.map_arg(a, lambda n: f"%{index[n]}")
+
+    return [(n.op, "" if n.op == "placeholder" else str(n.target), repr(ref(n.args)), repr(ref(n.kwargs)))
+            for n in sub.graph.nodes]
+
+
 def _key(sub, metas, rounds: int, executor: str) -> str:
-    return cache.make_key("candidate-value", executor, sub.code, [repr(m[1:]) for m in metas], rounds,
+    return cache.make_key("candidate-value", executor, _signature(sub), [repr(m[1:]) for m in metas], rounds,
                           torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
 
 
@@ -179,13 +195,14 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
     executor = InductorGroupExecutor(seed=seed)
     bar = _progress(len(cands), sys.stderr.isatty() if progress is None else progress)
     start = time.perf_counter()
-    rows = []
+    rows, seen = [], {}
     try:
         for c in cands:
             graph = plan.capture.graph(c.graph)
             if bar is not None:
                 bar.set_postfix_str(c.id)
-            rows.append(_measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph))
+            row = _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen)
+            rows.append(row)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -194,20 +211,30 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
     return CandidateValues(rows, where, time.perf_counter() - start)
 
 
-def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph) -> CandidateValue:
+def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen) -> CandidateValue:
+    """One candidate's row; a candidate with the same ops, wiring and inputs as one measured in
+    this run (the same block in another layer) gets that measurement, saying whose."""
     metas = _input_meta(graph, c)
     sub = extract_subgraph(graph.gm, c)
     key = _key(sub, metas, rounds, executor.name)
+    if key in seen:
+        first = seen[key]
+        return dataclasses.replace(first, candidate=c.id, bytes_saved=c.bytes_saved, same_as=first.candidate)
     with contextlib.suppress(cache.CacheCorruptError, OSError):
         stored = cache.get(key, VALUES)
         if isinstance(stored, dict):
             with contextlib.suppress(TypeError):
-                return CandidateValue(**{**stored, "candidate": c.id, "bytes_saved": c.bytes_saved, "cached": True})
+                row = CandidateValue(**{**stored, "candidate": c.id, "bytes_saved": c.bytes_saved, "cached": True,
+                                        "same_as": ""})
+                seen[key] = row
+                return row
     fn, status = executor(c, graph)
     nan = math.nan
     if fn is None:
-        return CandidateValue(c.id, nan, nan, nan, nan, nan, nan, nan, "", 0, c.bytes_saved, where,
-                              error=status.reason or "not built")
+        row = CandidateValue(c.id, nan, nan, nan, nan, nan, nan, nan, "", 0, c.bytes_saved, where,
+                             error=status.reason or "not built")
+        seen[key] = row
+        return row
     gen = torch.Generator(device="cpu").manual_seed(seed)
     inputs = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
     unfused, fused = _time_pair(fn, sub, inputs, rounds)
@@ -217,4 +244,5 @@ def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract
                          c.bytes_saved, where)
     with contextlib.suppress(OSError):
         cache.put(key, asdict(row), VALUES)
+    seen[key] = row
     return row
