@@ -213,3 +213,18 @@ def test_a_torch_without_the_internals_gets_a_clear_error(monkeypatch):
     monkeypatch.delattr(cpp.KernelGroup, "finalize_kernel")
     with pytest.raises(InductorUnavailable, match=r"KernelGroup.finalize_kernel.*written against torch"):
         require_inductor()
+
+
+def test_inductor_only_fusion_through_a_view_says_so():
+    class ThroughView(torch.nn.Module):
+        def forward(self, x):
+            a = x.sin().exp()
+            return a.view(64, 2, 64).cos().neg()
+
+    cap = fl.capture(ThroughView(), torch.randn(64, 128), train=False)
+    plan = fl.FusionPlan(cap)
+    assert len(plan.candidates) == 2  # the view splits fusionlab's groups
+    diff = inductor_diff(plan)
+    assert not diff.both and len(diff.inductor_only) == 1
+    row = diff.inductor_only[0]
+    assert len(row.nodes) == 4 and "through a view (view)" in row.why, row.why

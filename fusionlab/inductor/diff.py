@@ -93,14 +93,17 @@ def _through_view(graph, a: set[str], b: set[str], kinds) -> str | None:
     """The view op on a path from a node of `a` to one of `b` that passes only through views."""
     nodes = {n.name: n for n in graph.gm.graph.nodes}
     for src in a:
-        stack = [(u, None) for u in nodes[src].users]
+        stack, seen = [(u, None) for u in nodes[src].users], set()
         while stack:
             u, via = stack.pop()
+            if u in seen:
+                continue
+            seen.add(u)
             if u.name in b and via is not None:
                 return via
             if kinds.get(u.name) == "view":
-                stack.extend((w, via or str(u.target).split(".")[-2] if "." in str(u.target) else str(u.target))
-                             for w in u.users)
+                name = str(u.target).split(".")[-2] if "." in str(u.target) else str(u.target)
+                stack.extend((w, via or name) for w in u.users)
     return None
 
 
