@@ -204,8 +204,9 @@ def compile_graph(gm: torch.fx.GraphModule, kind: str, fallback_random: bool = F
     start_count = ind.metrics.generated_kernel_count
     start = time.perf_counter()
     try:
+        user_sees = log.isEnabledFor(logging.DEBUG)  # TORCH_LOGS=fusion: their lines still go out
         log.setLevel(logging.DEBUG)
-        log.propagate, log.disabled = False, False
+        log.propagate, log.disabled = user_sees and saved[1], False
         log.addHandler(handler)
         with contextlib.ExitStack() as stack:
             stack.enter_context(mock.patch.object(ind.KernelGroup, "finalize_kernel", on_finalize))
