@@ -71,8 +71,8 @@ def bias_gelu_kernel(fn, shapes=SHAPES) -> Feedback:
             worked.append((m, n))
             continue
         if _agrees(y, F.gelu(x + b, approximate="tanh")):
-            return wrong(name, "that is the tanh approximation of GELU; the model's nn.GELU() is the exact one: "
-                               "0.5 * v * (1 + erf(v / sqrt(2)))")
+            return wrong(name, "that is the tanh approximation of GELU; the exercise's is the exact one "
+                               "(nn.GELU(), approximate='none'): 0.5 * v * (1 + erf(v / sqrt(2)))")
         if _agrees(y, F.gelu(x)):
             return wrong(name, "the bias is missing: GELU of x + bias, bias broadcast along each row")
         if _agrees(y, x + b):
