@@ -1,0 +1,84 @@
+"""Checkers for notebook 4, "Profile a training step": a speed-up read off a profile, its verdict,
+and which fusion buys the most on a GPU (modeled). References come from the student's own result."""
+
+from __future__ import annotations
+
+import statistics
+
+from ..cost import roofline
+from ..verdict import FASTER, SLOWER
+from .feedback import Feedback, close, is_unanswered, number, right, unanswered, wrong
+
+
+def speedup(answer, result, variant: str = "fusionlab") -> Feedback:
+    """4.1: `variant`'s speed-up over eager in `result`: eager's median step / the variant's median step."""
+    name = f"4.1 {variant} against eager"
+    base, v = result.variant("eager"), result.variant(variant)
+    ref = result.ratio(variant)
+    if is_unanswered(answer):
+        return unanswered(name, f"result['eager'].samples and result['{variant}'].samples are the measured step "
+                                "times in seconds; divide the medians")
+    value = number(answer)
+    if value is None:
+        return wrong(name, "the answer should be one number")
+    if close(value, ref, 0.002):
+        return right(name, f"{ref:.3f}x (measured on {result.device}); a ratio alone is not a verdict: see 4.2")
+    if close(value, 1 / ref, 0.002):
+        return wrong(name, "upside down: speed-up = eager's time / the variant's time (> 1: the variant is faster)")
+    if close(value, statistics.mean(base.samples) / statistics.mean(v.samples), 0.002):
+        return wrong(name, "that is a ratio of means; one stalled step moves a mean a lot: use medians")
+    if close(value, min(base.samples) / min(v.samples), 0.002):
+        return wrong(name, "that is a ratio of the fastest steps; use the medians, the typical step")
+    return wrong(name, f"{value:.3g} is not it: median(eager) / median({variant})")
+
+
+_CALLS = {"faster": FASTER, "slower": SLOWER, "no difference": "undecided", "no measurable difference": "undecided",
+          "undecided": "undecided", "same": "undecided"}
+
+
+def verdict(answer, result, variant: str = "fusionlab") -> Feedback:
+    """4.2: "faster", "slower" or "no difference": what the measurements say of `variant` against eager."""
+    name = f"4.2 the verdict on {variant}"
+    v = result.verdict(variant, "eager")
+    ref = v.call if v.decided else "undecided"
+    if is_unanswered(answer):
+        return unanswered(name, "one of 'faster', 'slower', 'no difference'; look at the interval, not the ratio alone")
+    call = _CALLS.get(str(answer).strip().lower())
+    if call is None:
+        return wrong(name, "answer 'faster', 'slower' or 'no difference'")
+    if call == ref:
+        return right(name, f"{v}")
+    if ref == "undecided":
+        side = "above" if v.ratio > 1 else "below"
+        return wrong(name, f"the ratio {v.ratio:.2f}x is {side} 1, but its {v.confidence:.0%} interval "
+                           f"{v.low:.2f}-{v.high:.2f}x reaches inside ±{v.min_effect:.0%}: in {v.steps} steps the "
+                           "difference cannot be told from noise")
+    if call == "undecided":
+        return wrong(name, f"the whole {v.confidence:.0%} interval ({v.low:.2f}-{v.high:.2f}x) lies beyond "
+                           f"±{v.min_effect:.0%}: the measurements do decide")
+    return wrong(name, f"the other way round: the ratio eager / {variant} is {v.ratio:.2f}x "
+                       "(> 1 means the variant is faster)")
+
+
+def best_group_on_gpu(answer, plan, gpu: str = "h100") -> Feedback:
+    """4.3: the id of the selected group whose fusion saves the most time on `gpu` (modeled, roofline)."""
+    step = roofline(plan, gpu, fused=True)
+    name = f"4.3 the fusion worth most on {step.gpu.name}"
+    if not step.groups:
+        raise ValueError("the plan selects no group")
+    saving = {g.id: g.seconds_unfused - g.seconds_fused for g in step.groups}
+    best = max(saving, key=saving.get)
+    if is_unanswered(answer):
+        return unanswered(name, f"fusionlab.cost.roofline(plan, '{gpu}').groups has each group's modeled time "
+                                "unfused and fused")
+    cid = getattr(answer, "id", answer)
+    if cid not in saving:
+        return wrong(name, f"{cid!r} is not a selected group; the selected ones are in plan.selected")
+    if close(saving[cid], saving[best], 1e-9):
+        return right(name, f"{cid} saves {saving[cid] * 1e6:.1f} us a step ({step.label})")
+    g = next(g for g in step.groups if g.id == cid)
+    best_g = next(g for g in step.groups if g.id == best)
+    if g.speedup > best_g.speedup:
+        return wrong(name, f"{cid} has the largest speed-up ratio ({g.speedup:.1f}x), but saves only "
+                           f"{saving[cid] * 1e6:.1f} us; the question is time saved per step")
+    return wrong(name, f"{cid} saves {saving[cid] * 1e6:.1f} us a step (modeled); another group saves more")
