@@ -1,0 +1,16 @@
+"""The optimizer update as part of the captured training step: capture, candidates, kernels.
+
+    cap = fusionlab.capture(model, x, loss_fn=..., optimizer="adamw", lr=1e-3, clip_grad_norm=1.0)
+    cap.optimizer            -> OptimizerStep: the opt0 ATen graph, which node updates which parameter
+    find_candidates(cap).optimizer -> the per-parameter chains and the horizontal multi-tensor groups
+    upd = fusionlab.optim.fused_update(cap)   -> runs the update with one Triton launch per group
+    upd.step()                                 # after loss.backward(), instead of optimizer.step()
+    fusionlab.optim.sync_report(cap)           -> which host syncs remain in the captured step
+
+Stages: capture.py (tracing), candidates.py, kernels.py (codegen of the Triton kernels),
+fused.py (running them on the optimizer's own state), check.py (vs eager), sync.py.
+"""
+
+from .capture import OptimizerStep, UpdateGroup
+
+__all__ = ["OptimizerStep", "UpdateGroup"]
