@@ -163,7 +163,8 @@ def _trace(fn, args) -> torch.fx.GraphModule:
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    return make_fx(fn, tracing_mode="fake", decomposition_table=select_decomp_table())(*args)
+    return make_fx(fn, tracing_mode="fake", decomposition_table=select_decomp_table(),
+                   record_stack_traces=True)(*args)
 
 
 def _scalar(device) -> torch.Tensor:
