@@ -12,5 +12,9 @@ fused.py (running them on the optimizer's own state), check.py (vs eager), sync.
 """
 
 from .capture import OptimizerStep, UpdateGroup
+from .check import UpdateCheck, check_update
+from .fused import FusedUpdate, fused_update
+from .sync import SyncReport, sync_report
 
-__all__ = ["OptimizerStep", "UpdateGroup"]
+__all__ = ["FusedUpdate", "OptimizerStep", "SyncReport", "UpdateCheck", "UpdateGroup", "check_update",
+           "fused_update", "sync_report"]
