@@ -40,7 +40,7 @@ class UpdateCheck:
         return head + "".join(f"\n  {p}.{t}: {e:.2e} > {b:.0e}" for p, t, e, b in bad[:10])
 
 
-def _copy_optimizer(opt: torch.optim.Optimizer, dtype: torch.dtype | None = None):
+def copy_optimizer(opt: torch.optim.Optimizer, dtype: torch.dtype | None = None):
     params, groups = [], []
     for g in opt.param_groups:
         ps = [p.detach().clone().to(dtype or p.dtype).requires_grad_(p.requires_grad) for p in g["params"]]
@@ -72,9 +72,9 @@ def check_update(step: OptimizerStep, steps: int = 5, form: str = "multi_tensor"
     if not step.fused:
         raise ValueError(f"the {step.name} update is not fused: {step.reason}")
     clip = step.clip_grad_norm
-    eager, ep = _copy_optimizer(step.optimizer)
-    mine, mp = _copy_optimizer(step.optimizer)
-    ref, rp = _copy_optimizer(step.optimizer, torch.float64)  # the float64 run (for 16-bit groups)
+    eager, ep = copy_optimizer(step.optimizer)
+    mine, mp = copy_optimizer(step.optimizer)
+    ref, rp = copy_optimizer(step.optimizer, torch.float64)  # the float64 run (for 16-bit groups)
     fused = FusedUpdate(step, form=form, optimizer=mine)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -90,10 +90,13 @@ def check_update(step: OptimizerStep, steps: int = 5, form: str = "multi_tensor"
     kind = step.kind
     e, m, r = _tensors(eager, ep, kind), _tensors(mine, mp, kind), _tensors(ref, rp, kind)
     rows, worst = [], 0.0
+    # a clip over 16-bit gradients: eager's norm is a 16-bit one, so every update scaled by it
+    # is held to the float64 criterion
+    f64_all = clip is not None and any(g.dtype != torch.float32 for g in step.groups)
     for key, want in e.items():
         i, name = key
         err = _rel(m[key], want)
-        if want.dtype == torch.float32:
+        if want.dtype == torch.float32 and not f64_all:
             bound = rtol
         else:  # 16-bit: no further from float64 than eager, within 1.5x and one ulp
             ulp = torch.finfo(want.dtype).eps

@@ -185,7 +185,7 @@ class FusedUpdate:
 
 def fused_update(capture, form: str = "multi_tensor", optimizer=None) -> FusedUpdate:
     """The fused update of a capture made with ``optimizer=`` (see :class:`FusedUpdate`)."""
-    step = getattr(capture, "optimizer", capture)
+    step = capture if isinstance(capture, OptimizerStep) else getattr(capture, "optimizer", None)
     if step is None:
         raise ValueError("this capture has no optimizer update: fusionlab.capture(..., optimizer='adamw')")
     return FusedUpdate(step, form=form, optimizer=optimizer)

@@ -64,7 +64,7 @@ class SyncReport:
 
 def sync_report(capture) -> SyncReport:
     """Count the host syncs of ``capture`` (see the module docstring)."""
-    from .check import _copy_optimizer  # one way of copying an optimizer
+    from .check import copy_optimizer  # one way of copying an optimizer
     from .fused import FusedUpdate
 
     graphs = list(capture.graphs)
@@ -80,21 +80,24 @@ def sync_report(capture) -> SyncReport:
     if step is None:
         rep.notes.append("captured without optimizer=: the update is not part of this count")
         return rep
-    opt, params = _copy_optimizer(step.optimizer)
+    opt, params = copy_optimizer(step.optimizer)
     gen = torch.Generator().manual_seed(0)
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen).to(p.dtype).to(p.device)
     counter = _CountSyncs()
-    with counter:
-        if step.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, step.clip_grad_norm)
-        opt.step()
-    rep.eager_update = counter.count
+    try:
+        with counter:
+            if step.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, step.clip_grad_norm)
+            opt.step()
+        rep.eager_update = counter.count
+    except Exception as e:  # noqa: BLE001 - e.g. LBFGS needs a closure: say so, count nothing
+        rep.notes.append(f"eager {step.name}.step() not counted: {type(e).__name__}: {e}")
     if rep.eager_update:
         rep.notes.append(f"eager {step.name} reads its step count (or lr) on the host: "
                          f"{rep.eager_update} read(s) for {len(params)} parameters")
     if step.fused:
-        opt2, _ = _copy_optimizer(step.optimizer)
+        opt2, _ = copy_optimizer(step.optimizer)
         for p, q in zip((p for g in opt2.param_groups for p in g["params"]), params):
             p.grad = q.grad.clone()
         fused = FusedUpdate(step, optimizer=opt2)
