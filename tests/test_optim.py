@@ -175,3 +175,10 @@ def test_candidates_and_sync_report(zoo_model):
     assert rep.fused_update == 0 and rep.fused_launches == 2
     assert rep.eager_update == n  # eager AdamW on a CPU reads each parameter's step on the host
     assert rep.in_graphs == {"fw0": [], "bw0": [], "opt0": []} and rep.total_in_step == 0
+
+
+def test_inductor_compiled_update_equals_eager(zoo_model):
+    # what bench/optimizer_step.py times on a CPU: the same formulas compiled by Inductor
+    step = capture_optimizer(zoo_model("mlp").model, "adamw", {"lr": 1e-2, "weight_decay": 0.1}, 1.0)
+    res = optim.check_update(step, steps=5, form="inductor")
+    assert res.ok, res

@@ -68,14 +68,22 @@ def _tensors(opt, params, kind: str) -> dict[tuple[int, str], torch.Tensor]:
 
 def check_update(step: OptimizerStep, steps: int = 5, form: str = "multi_tensor", seed: int = 0,
                  rtol: float = 1e-6) -> UpdateCheck:
-    """Run ``steps`` eager and fused updates on copies and compare (see the module docstring)."""
+    """Run ``steps`` eager and fused updates on copies and compare (see the module docstring).
+
+    ``form``: "multi_tensor" or "param" (the Triton kernels), or "inductor" (the update
+    compiled by Inductor, :class:`fusionlab.optim.cpu.CompiledUpdate`, what a CPU times)."""
     if not step.fused:
         raise ValueError(f"the {step.name} update is not fused: {step.reason}")
     clip = step.clip_grad_norm
     eager, ep = copy_optimizer(step.optimizer)
     mine, mp = copy_optimizer(step.optimizer)
     ref, rp = copy_optimizer(step.optimizer, torch.float64)  # the float64 run (for 16-bit groups)
-    fused = FusedUpdate(step, form=form, optimizer=mine)
+    if form == "inductor":
+        from .cpu import CompiledUpdate
+
+        fused = CompiledUpdate(step, optimizer=mine)
+    else:
+        fused = FusedUpdate(step, form=form, optimizer=mine)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         for a, b, c in zip(ep, mp, rp):
@@ -106,4 +114,4 @@ def check_update(step: OptimizerStep, steps: int = 5, form: str = "multi_tensor"
         worst = max(worst, err)
     ok = all(err <= bound for _, _, err, bound in rows)
     return UpdateCheck(ok=ok, steps=steps, form=form, worst=worst, rows=rows,
-                       launches_per_step=list(fused.launches_per_step))
+                       launches_per_step=list(getattr(fused, "launches_per_step", [])))
