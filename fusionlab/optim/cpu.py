@@ -14,25 +14,33 @@ from __future__ import annotations
 import torch
 
 from .capture import OptimizerStep
-from .update import STATE, clip_coef, group_update
+from .update import SCALARS, STATE, apply_update, clip_coef
 
 
-def _update_in_place(groups, clip, lrs, steps, params, grads, states, step_states):
+def _update_in_place(groups, clip, scalars, params, grads, states, step_states):
     coef = clip_coef([g for gs in grads for g in gs], clip) if clip else None
     for gi, h in enumerate(groups):
-        step1, new_p, new_g, new_st = group_update(h, lrs[gi], steps[gi], params[gi], grads[gi], states[gi],
-                                                   clip=coef)
-        steps[gi].copy_(step1)
+        s = scalars[gi]
+        new_p, new_g, new_st = apply_update(h, s, params[gi], grads[gi], states[gi], clip=coef)[1:]
         for p, q in zip(params[gi], new_p):
             p.copy_(q)
         if coef is not None:
             for g, q in zip(grads[gi], new_g):
                 g.copy_(q)
         for lst, new in zip(states[gi], new_st):
-            for s, q in zip(lst, new):
-                s.copy_(q)
-        for s in step_states[gi]:
-            s.copy_(step1)
+            for t, q in zip(lst, new):
+                t.copy_(q)
+        for t in step_states[gi]:
+            t.copy_(s["step"])
+
+
+def _scalars(groups, lrs, steps):
+    out = []
+    for gi, h in enumerate(groups):
+        s = SCALARS[h.kind](h, lrs[gi], steps[gi])
+        steps[gi].copy_(s["step"])
+        out.append(s)
+    return out
 
 
 class CompiledUpdate:
@@ -52,9 +60,16 @@ class CompiledUpdate:
         hypers = [g.hyper for g in step.groups]
         clip = step.clip_grad_norm
 
-        def update(lrs, steps, params, grads, states, step_states):
-            _update_in_place(hypers, clip, lrs, steps, params, grads, states, step_states)
+        def update(scalars, params, grads, states, step_states):
+            _update_in_place(hypers, clip, scalars, params, grads, states, step_states)
 
+        def scalars(lrs, steps):
+            return _scalars(hypers, lrs, steps)
+
+        # two compiled functions: the per-step scalars (bias corrections, step size) once, then
+        # the elementwise update reading them; in one graph Inductor would recompute the
+        # scalars (two expm1, a sqrt) for every element
+        self._scalars = torch.compile(scalars, backend="inductor", dynamic=False)
         self._fn = torch.compile(update, backend="inductor", dynamic=False)
 
     def _init_state(self) -> None:
@@ -86,4 +101,4 @@ class CompiledUpdate:
                   for g, grp in zip(groups, ps)]
         steps = [[self.optimizer.state[p]["step"] for p in grp] if g.hyper.kind == "adamw" else []
                  for g, grp in zip(groups, ps)]
-        self._fn(self._lr, self._step, ps, gs, states, steps)
+        self._fn(self._scalars(self._lr, self._step), ps, gs, states, steps)

@@ -117,7 +117,11 @@ def group_update(h: Hyper, lr, step, params, grads, states, clip=None):
 
     ``states`` is a list per state name (``STATE[h.kind]``) of one tensor per parameter.
     """
-    s = SCALARS[h.kind](h, lr, step)
+    return apply_update(h, SCALARS[h.kind](h, lr, step), params, grads, states, clip)
+
+
+def apply_update(h: Hyper, s: dict, params, grads, states, clip=None):
+    """:func:`group_update` with the per-step scalars ``s`` already computed."""
     new_p, new_g, new_states = [], [], [[] for _ in states]
     for i, (p, g) in enumerate(zip(params, grads)):
         p2, g2, *st = PARAM[h.kind](h, s, p, g, *(lst[i] for lst in states), clip=clip)
