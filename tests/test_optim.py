@@ -182,3 +182,19 @@ def test_inductor_compiled_update_equals_eager(zoo_model):
     step = capture_optimizer(zoo_model("mlp").model, "adamw", {"lr": 1e-2, "weight_decay": 0.1}, 1.0)
     res = optim.check_update(step, steps=5, form="inductor")
     assert res.ok, res
+
+
+def test_multi_tensor_kernel_reads_like_the_graph_and_compiles_for_sm80_sm90(zoo_model):
+    from fusionlab.inspect import inspect_many
+
+    cap_step = capture_optimizer(zoo_model("mlp").model, "adamw", {"lr": 1e-3, "weight_decay": 0.01}, 1.0)
+    upd = fl.optim.fused_update(cap_step)
+    ks = upd.sources[0]
+    chain = [n for n in cap_step.chains[0].graph.nodes if n.op == "call_function"]
+    assert len(ks.replaces) == len(chain)  # one line per op of one parameter's chain in opt0
+    assert all("  # aten." in line for line in ks.replaces)
+    for name in ("param_ptrs", "grad_ptrs", "exp_avg_ptrs", "exp_avg_sq_ptrs", "block_tensor", "total_sq_ptr"):
+        assert name in ks.signature
+    for rep in inspect_many([ks], "sm_80", progress=False) + inspect_many([ks], "sm_90", progress=False):
+        assert rep.ok, rep.error
+        assert rep.registers and rep.registers > 0

@@ -23,10 +23,6 @@ from .update import STATE
 FORMS = ("multi_tensor", "param")
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 class FusedUpdate:
     """The captured optimizer update, run by fusionlab's Triton kernels.
 
@@ -61,6 +57,7 @@ class FusedUpdate:
         self._counter = {g.index: torch.zeros(2, dtype=torch.float32, device=self.device) for g in step.groups}
         self._parity = 0
         self._tables: dict = {}
+        self._ptr_tables: dict[tuple, torch.Tensor] = {}
         self.launches = 0  # kernel launches in all steps so far
         self.launches_per_step: list[int] = []
 
@@ -105,7 +102,14 @@ class FusedUpdate:
         return t
 
     def _ptrs(self, tensors) -> torch.Tensor:
-        return self._dev([t.data_ptr() for t in tensors], torch.int64)
+        """A device table of the tensors' addresses (kept while they stay where they are)."""
+        key = tuple(t.data_ptr() for t in tensors)
+        table = self._ptr_tables.get(key)
+        if table is None:
+            if len(self._ptr_tables) > 256:  # gradients move each step: keep the cache small
+                self._ptr_tables.clear()
+            table = self._ptr_tables[key] = self._dev(list(key), torch.int64)
+        return table
 
     # ------------------------------------------------------------------ the step
 
@@ -130,20 +134,15 @@ class FusedUpdate:
                 self._lr_seen[g.index] = lr if not isinstance(lr, torch.Tensor) else -1.0
         launches = 0
         clip = self.info.clip_grad_norm
-        partials, offsets, total = None, {}, 0
-        if clip is not None:  # pass 1: a partial sum of squares per block of every gradient
-            for gi, idx in live.items():
-                offsets[gi] = total
-                total += self._table(self._group(gi), idx)[3]
-            partials = torch.empty(max(total, 1), dtype=torch.float32, device=self.device)
+        total_sq = None
+        if clip is not None:  # pass 1: every block adds its gradients' sum of squares to one total
+            total_sq = torch.zeros(1, dtype=torch.float32, device=self.device)
             for gi, idx in live.items():
                 numels, bt, bs, nblocks = self._table(self._group(gi), idx)
-                self.modules[gi].grad_sq_partials[(nblocks,)](
-                    self._ptrs([self.params[i].grad for i in idx]), numels, bt, bs, partials[offsets[gi]:],
-                    BLOCK=self.block)
+                self.modules[gi].grad_sq_sum[(nblocks,)](
+                    self._ptrs([self.params[i].grad for i in idx]), numels, bt, bs, total_sq, BLOCK=self.block)
                 launches += 1
-        clip_args = ([partials, total] if clip is not None else [])
-        clip_consts = ({"PARTIALS": _next_pow2(total)} if clip is not None else {})
+        clip_args = [total_sq] if clip is not None else []
         step_in = {gi: self._counter[gi][self._parity] for gi in live}
         step_out = {gi: self._counter[gi][1 - self._parity] for gi in live}
         for gi, idx in live.items():
@@ -160,7 +159,7 @@ class FusedUpdate:
                 if has_step:
                     tables.append(self._ptrs([self.optimizer.state[p]["step"] for p in ps]))
                 getattr(mod, f"{kind}_multi_tensor")[(nblocks,)](
-                    *tables, numels, bt, bs, *scalars, *clip_args, BLOCK=self.block, **clip_consts)
+                    *tables, numels, bt, bs, *scalars, *clip_args, BLOCK=self.block)
                 launches += 1
             else:
                 fn = getattr(mod, f"{kind}_param")
@@ -169,7 +168,7 @@ class FusedUpdate:
                     if has_step:
                         args.append(self.optimizer.state[p]["step"])
                     fn[(-(-p.numel() // self.block),)](*args, p.numel(), *scalars, *clip_args,
-                                                       BLOCK=self.block, **clip_consts)
+                                                       BLOCK=self.block)
                     launches += 1
         self._parity = 1 - self._parity
         self.launches += launches

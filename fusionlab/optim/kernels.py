@@ -10,9 +10,9 @@ becomes the body of two kernels, line for line (one op a line, the ATen op and t
   tensor is read once and written once, whatever the number of parameters.
 - ``<kind>_param``: the per-parameter kernel, one launch per parameter (the alternative).
 
-With a global-norm clip, ``grad_sq_partials`` (one launch per group) writes one partial sum of
-squares per block; every update program adds the partials up itself (``tl.sum``), so the clip
-factor never leaves the device.
+With a global-norm clip, ``grad_sq_sum`` (one launch per group) adds each block's sum of
+squares to one device total (``tl.atomic_add``); every update program reads that total and
+computes the clip factor itself, so it never leaves the device.
 
 The learning rate and the step count are read from device tensors; the step counter is
 double-buffered (read from ``step_in``, written to ``step_out``) so no program reads a value
@@ -74,10 +74,8 @@ def body(chain: torch.fx.GraphModule, kind: str, clip: bool) -> tuple[list[str],
 
 def _clip_lines() -> list[str]:
     return [
-        "# the global-norm clip: add up every block's partial sum of squares (no host read)",
-        "part = tl.arange(0, PARTIALS)",
-        "partial = tl.load(partials_ptr + part, mask=part < n_partials, other=0.0)",
-        "total_sq = tl.sum(partial, 0)  # aten.sum.default + aten.add.Tensor over all gradients",
+        "# the global-norm clip: the sum of squares of every gradient, added up on the device",
+        "total_sq = tl.load(total_sq_ptr)  # aten.sum.default + aten.add.Tensor over all gradients",
         "total_norm = tl.sqrt(total_sq)  # aten.sqrt.default",
         "clip_coef = tl.minimum((max_norm / (total_norm + 1e-06)), 1.0)  # aten.div.Tensor, aten.clamp_max.default",
     ]
@@ -120,8 +118,7 @@ def kernel_source(chain: torch.fx.GraphModule, kind: str, dtype: torch.dtype, *,
     args += ["lr_ptr", "step_in", "step_out"]
     consts = ["BLOCK"]
     if clip is not None:
-        args += ["partials_ptr", "n_partials"]
-        consts.append("PARTIALS")
+        args += ["total_sq_ptr"]
     k += ["# per-step scalars: read from device tensors, computed by every program",
           "lr = tl.load(lr_ptr)", "step = tl.load(step_in)"]
     if clip is not None:
@@ -153,8 +150,8 @@ def kernel_source(chain: torch.fx.GraphModule, kind: str, dtype: torch.dtype, *,
     src += [f"    {ln}" for ln in k]
     if clip is not None:
         src += ["", "", "@triton.jit",
-                "def grad_sq_partials(grad_ptrs, numels, block_tensor, block_start, partials_ptr, BLOCK: tl.constexpr):",
-                "    # one partial sum of squares of the gradients per block, for the global-norm clip",
+                "def grad_sq_sum(grad_ptrs, numels, block_tensor, block_start, total_sq_ptr, BLOCK: tl.constexpr):",
+                "    # each block adds its gradients' sum of squares to one total, for the global-norm clip",
                 "    pid = tl.program_id(0)",
                 "    t = tl.load(block_tensor + pid)",
                 "    start = tl.load(block_start + pid)",
@@ -164,21 +161,19 @@ def kernel_source(chain: torch.fx.GraphModule, kind: str, dtype: torch.dtype, *,
                 "    grad = tl.load(grad_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)",
                 "    sq = grad * grad  # aten.mul.Tensor",
                 "    partial = tl.sum(sq, 0)  # aten.sum.default (this block's share)",
-                "    tl.store(partials_ptr + pid, partial)"]
+                "    tl.atomic_add(total_sq_ptr, partial)  # aten.add.Tensor (across blocks and tensors)"]
     src.append("")
     signature = {a: "*i64" for a in args if a.endswith("_ptrs")}
     signature.update({a: "*i32" for a in ("numels", "block_tensor", "block_start") if a in args})
     signature.update({a: SIG[dtype] for a in args if a.endswith("_ptr") and a[:-4] in tensors})
-    signature.update({a: "*fp32" for a in ("step_ptr", "lr_ptr", "step_in", "step_out", "partials_ptr") if a in args})
-    signature.update({a: "i32" for a in ("numel", "n_partials") if a in args})
+    signature.update({a: "*fp32" for a in ("step_ptr", "lr_ptr", "step_in", "step_out", "total_sq_ptr") if a in args})
+    signature.update({a: "i32" for a in ("numel",) if a in args})
     constexprs = {"BLOCK": GPU_BLOCK}
-    if clip is not None:
-        constexprs["PARTIALS"] = 1024
     return KernelSource(
         name=name, launcher="", source="\n".join(src), signature=signature, constexprs=constexprs,
         num_warps=4, kind="pointwise", candidate_id=f"opt0.{name}.{group_tag}", pattern=name,
         replaces=tuple(lines), modules=tuple(param_names), model_name=model_name,
-        int_args={a: 4096 for a in ("numel",) if a in args} | ({"n_partials": 512} if clip is not None else {}),
+        int_args={a: 4096 for a in ("numel",) if a in args},
     )
 
 
