@@ -54,15 +54,15 @@ def test_eager_difference_is_caught(zoo_model):
 
 
 class HalfBias(torch.nn.Module):
-    """An fp32 model with one fp16 parameter (its own param group in torch terms: its dtype)."""
+    """An fp32 model with one 16-bit parameter (a group of its own: its dtype)."""
 
-    def __init__(self):
+    def __init__(self, dtype=torch.float16):
         super().__init__()
         self.lin = torch.nn.Linear(16, 8)
-        self.scale = torch.nn.Parameter(torch.ones(8, dtype=torch.float16))
+        self.scale = torch.nn.Parameter(torch.ones(64, dtype=dtype) * 0.5)
 
     def forward(self, x):
-        return self.lin(x) * self.scale.float()
+        return self.lin(x) * self.scale.float()[:8]
 
 
 def test_mixed_dtypes_one_group_per_dtype():
@@ -75,6 +75,18 @@ def test_mixed_dtypes_one_group_per_dtype():
     res = optim.check_update(step, steps=5)
     assert res.ok, res
     assert res.launches_per_step == [4] * 5  # 2 groups x (partials + update)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_16bit_groups_no_further_from_float64_than_eager(dtype, opt):
+    torch.manual_seed(0)
+    settings = {"lr": 1e-2, "weight_decay": 0.01} if opt == "adamw" else {"lr": 1e-2, "momentum": 0.9,
+                                                                          "nesterov": True}
+    step = capture_optimizer(HalfBias(dtype), opt, settings, 1.0 if opt == "sgd" else None)
+    res = optim.check_update(step, steps=5)
+    assert res.ok, res
+    assert any(r[0] == "scale" and r[2] > 1e-4 for r in res.rows)  # 16-bit: held to the float64 criterion
 
 
 def test_capture_leaves_model_and_optimizer_untouched(zoo_model):

@@ -131,6 +131,8 @@ def kernel_source(chain: torch.fx.GraphModule, kind: str, dtype: torch.dtype, *,
         if t == "grad" and clip is None:
             continue
         out = stored["grad_clipped" if t == "grad" else f"{t}_new"]
+        if dtype == torch.bfloat16:  # round to nearest (the interpreter's own conversion truncates)
+            out = f"_round_bf16({out})"
         k.append(f"tl.store({t}_ptr + offs, {out}, mask=mask)")
     if has_step:
         k.append(f"tl.store(step_ptr, {stored['step_new']}, mask=first)  # this parameter's state['step']")
