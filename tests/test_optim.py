@@ -210,3 +210,16 @@ def test_multi_tensor_kernel_reads_like_the_graph_and_compiles_for_sm80_sm90(zoo
     for rep in inspect_many([ks], "sm_80", progress=False) + inspect_many([ks], "sm_90", progress=False):
         assert rep.ok, rep.error
         assert rep.registers and rep.registers > 0
+
+
+def test_profile_runs_the_fused_update_when_the_capture_has_one(zoo_model):
+    # captured with optimizer=: the fusionlab variant updates with the fused update, torch.compile
+    # with torch.compile(opt.step); the losses of 4 steps stay eager's (same weights after each update)
+    zm = zoo_model("mlp")
+    cap = fl.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn, optimizer="adamw", lr=1e-3)
+    plan = fl.FusionPlan(cap).select_all()
+    res = fl.profile(zm.model, zm.inputs, plan=plan, steps=2, warmup=1, compare=("eager", "fusionlab", "inductor"))
+    assert "update: fused (opt0 compiled by Inductor, cpp)" in res["fusionlab"].executor
+    assert "update: torch.compile(opt.step)" in res["inductor"].executor
+    assert res["eager"].executor == "PyTorch eager (ATen)"
+    assert len(res["fusionlab"].losses) == 4 and res.loss_rel_diff("fusionlab") < 1e-5

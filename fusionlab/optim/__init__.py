@@ -16,5 +16,21 @@ from .check import UpdateCheck, check_update
 from .fused import FusedUpdate, fused_update
 from .sync import SyncReport, sync_report
 
+
+def update_for_profile(model, optimizer, cuda: bool):
+    """(step function, how it runs) of the fused update of ``optimizer`` for ``fl.profile``'s
+    fusionlab variant: the Triton multi-tensor kernels on a GPU, the update compiled by Inductor
+    on a CPU (the interpreter is never timed); ``(None, reason)`` when it runs unfused."""
+    from .capture import capture_optimizer
+
+    step = capture_optimizer(model, optimizer, {}, None)
+    if not step.fused:
+        return None, f"eager optimizer.step() ({step.reason})"
+    if cuda:
+        return FusedUpdate(step).step, "fusionlab multi-tensor Triton kernels"
+    from .cpu import CompiledUpdate
+
+    return CompiledUpdate(step).step, "fused (opt0 compiled by Inductor, cpp)"
+
 __all__ = ["FusedUpdate", "OptimizerStep", "SyncReport", "UpdateCheck", "UpdateGroup", "check_update",
-           "fused_update", "sync_report"]
+           "fused_update", "sync_report", "update_for_profile"]
