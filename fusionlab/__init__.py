@@ -19,12 +19,12 @@ from .plan import FusionPlan, PlanError
 
 __all__ = [
     "Candidate", "Candidates", "Capture", "CaptureError", "FusionPlan", "Kernel", "PlanError",
-    "capture", "find_candidates", "load_ipython_extension", "profile", "zoo",
+    "capture", "find_candidates", "load_ipython_extension", "optim", "profile", "zoo",
 ]
 __version__ = "0.1.0"
 
 
-_LAZY = {"zoo": "fusionlab.zoo", "cost": "fusionlab.cost"}
+_LAZY = {"zoo": "fusionlab.zoo", "cost": "fusionlab.cost", "optim": "fusionlab.optim"}
 _LAZY_ATTR = {"profile": ("fusionlab.profiler", "profile"), "explore": ("fusionlab.widgets", "explore")}
 
 

@@ -110,6 +110,7 @@ class Candidates(list):
         super().__init__(items)
         self.capture = capture
         self.left_out = left_out or {}
+        self.optimizer: list[Candidate] = []  # candidates of the optimizer update (fusionlab.optim)
 
     def by_id(self, cid: str) -> Candidate:
         for c in self:
@@ -323,4 +324,9 @@ def find_candidates(capture: Capture) -> Candidates:
         cands, why = graph_candidates(g)
         found += cands
         left_out.update(why)
-    return Candidates(found, capture=capture, left_out=left_out)
+    cands = Candidates(found, capture=capture, left_out=left_out)
+    if capture.optimizer is not None:  # opt0: kept apart, the plan selects forward/backward groups
+        from .optim.candidates import optimizer_candidates
+
+        cands.optimizer = optimizer_candidates(capture.optimizer)
+    return cands

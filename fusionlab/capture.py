@@ -191,14 +191,32 @@ def capture(
     *example_inputs: Any,
     loss_fn: Callable | None = None,
     train: bool = True,
+    optimizer: Any = None,
+    clip_grad_norm: float | None = None,
+    **optimizer_settings: Any,
 ) -> Capture:
     """Capture the forward and backward ATen graphs of one training step of ``model``.
 
     ``loss_fn(output) -> scalar`` defaults to :func:`default_loss`. With ``train=False``
     only the inference graph is captured (under ``torch.no_grad``). Graph breaks give
     several graphs; ``Capture.breaks`` says where and why dynamo broke.
+
+    ``optimizer=`` (a ``torch.optim.Optimizer`` on the model's parameters, or ``"adamw"`` /
+    ``"adam"`` / ``"sgd"`` with its settings as keyword arguments or a dict with a ``"name"``)
+    adds the update, with the optional global-norm clip ``clip_grad_norm=``, as the graph
+    ``opt0`` in ``Capture.optimizer`` (see :mod:`fusionlab.optim`).
     """
     check_inputs(model, example_inputs)
+    if optimizer is None and (optimizer_settings or clip_grad_norm is not None):
+        extra = sorted(optimizer_settings) + (["clip_grad_norm"] if clip_grad_norm is not None else [])
+        raise CaptureError(f"capture() got optimizer settings {extra} but no optimizer=")
+    opt_step = None
+    if optimizer is not None:
+        if not train:
+            raise CaptureError("optimizer= needs a training step (train=True)")
+        from .optim.capture import capture_optimizer
+
+        opt_step = capture_optimizer(model, optimizer, optimizer_settings, clip_grad_norm)
     from torch._dynamo.backends.debugging import ExplainWithBackend
 
     graphs: list[CapturedGraph] = []
@@ -275,6 +293,7 @@ def capture(
         seconds=seconds,
         input_shapes=shapes,
         meta={"loss_fn": loss_fn, "model": model},
+        optimizer=opt_step,
     )
     debug(1, cap.summary())
     return cap

@@ -33,14 +33,14 @@ class CapturedGraph:
     """One ATen graph: the forward or backward of one dynamo graph (or an inference graph)."""
 
     index: int  # dynamo graph number (graph breaks make several)
-    kind: str  # "forward" | "backward" | "inference"
+    kind: str  # "forward" | "backward" | "inference" | "optimizer"
     gm: torch.fx.GraphModule
     nodes: dict[str, NodeInfo]
 
     @property
     def tag(self) -> str:
-        """Short stable label: fw0, bw0, inf0 ..."""
-        return {"forward": "fw", "backward": "bw", "inference": "inf"}[self.kind] + str(self.index)
+        """Short stable label: fw0, bw0, inf0, opt0 ..."""
+        return {"forward": "fw", "backward": "bw", "inference": "inf", "optimizer": "opt"}[self.kind] + str(self.index)
 
     @property
     def signature(self) -> tuple:
@@ -70,11 +70,17 @@ class Capture:
     seconds: float
     input_shapes: list[tuple]
     meta: dict = field(default_factory=dict)
+    # the optimizer update (fusionlab.optim.OptimizerStep) when capture(..., optimizer=) was given;
+    # its graph opt0 is kept out of `graphs`, which are the forward and backward of the step
+    optimizer: object = None
 
     def graph(self, tag: str) -> CapturedGraph:
         for g in self.graphs:
             if g.tag == tag:
                 return g
+        opt = getattr(self.optimizer, "graph", None)
+        if opt is not None and opt.tag == tag:
+            return opt
         raise KeyError(f"no graph {tag!r}; graphs are {[g.tag for g in self.graphs]}")
 
     @property
@@ -95,6 +101,8 @@ class Capture:
         ]
         for g in self.graphs:
             lines.append(f"  {g!r}")
+        if self.optimizer is not None:
+            lines.append(f"  {self.optimizer.summary()}")
         if self.breaks:
             lines.append(f"  {len(self.breaks)} graph break(s):")
             lines += [f"    - {b}" for b in self.breaks]

@@ -66,6 +66,7 @@ class Variant:
         self.executor = None  # what ran the fusionlab groups (None: fusionlab's Triton kernels)
         self.backend = None
         self.first_loss = None
+        self.update = None  # the fused optimizer update, where one replaces self.opt.step
 
     def step(self, mark: bool = False):
         """One training step; `mark`: a torch.profiler range around forward + backward (the kernel count's window)."""
@@ -73,7 +74,7 @@ class Variant:
             loss = self.fn(*self.inputs)
             loss.backward()
         if self.opt is not None:
-            self.opt.step()
+            (self.update or self.opt.step)()
             self.opt.zero_grad(set_to_none=True)
         else:
             self.model.zero_grad(set_to_none=True)

@@ -163,11 +163,20 @@ def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool)
     if v.name == "inductor":
         v.fn = torch.compile(step, dynamic=False)
         v.result.executor = f"torch.compile (inductor, {'triton' if cuda else 'cpp'})"
+        if v.opt is not None and getattr(plan.capture, "optimizer", None) is not None:
+            opt = v.opt  # the compiled update, as torch documents torch.compile with an optimizer
+            v.update = torch.compile(lambda: opt.step(), dynamic=False)
+            v.result.executor += "; update: torch.compile(opt.step)"
         return
     if v.name == "fusionlab":
         v.executor, v.result.executor = executor, executor_name
         v.backend = make_backend(plan, executor=executor)
         v.result.report = v.backend.report
+        if v.opt is not None and getattr(plan.capture, "optimizer", None) is not None:
+            from ..optim import update_for_profile  # captured with optimizer=: fuse the update too
+
+            v.update, how = update_for_profile(v.model, v.opt, cuda)
+            v.result.executor += f"; update: {how}"
     else:  # unfused: the same captured graphs with nothing selected
         nothing = FusionPlan(plan.capture, plan.candidates)
         if isinstance(executor, InductorGraphExecutor):
