@@ -276,9 +276,15 @@ def epilogue_name(members: list[torch.fx.Node], backward: bool, facts: dict | No
     rest = [m for m in members if m.op == "call_function" and ops.kind_of(m) == "pointwise"]
     named = [c for c in (pattern_name(rest, backward, facts) if rest else "").split("+")
              if c.removesuffix("_backward") in _ACTIVATIONS or c in ("masked_fill", "where")]
-    if named:
-        comps += named
+    each = [c for c in (_component(m, set(members), node_shape(mm)) for m in rest) if c]
+    if named:  # the activation (gelu's tanh form names its tanh too: part of the gelu), a residual
+        comps += named[:1] + [c for c in each if c == "residual"]
     else:
-        comps += [c for c in (_component(m, set(members), node_shape(mm)) for m in rest) if c]
+        comps += [c for c in each if c != "cast"]
+    # a cast names the epilogue when a stored result changes dtype (not fp16 gelu's own upcasts)
+    mset = set(members)
+    dtype = getattr(_val(mm), "dtype", None)
+    if any(getattr(_val(m), "dtype", dtype) != dtype for m in rest if any(u not in mset for u in m.users)):
+        comps.append("cast")
     comps = list(dict.fromkeys(comps))
     return "+".join(comps[:4] if len(comps) <= 4 else comps[:3] + ["pointwise"])

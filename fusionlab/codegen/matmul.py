@@ -298,7 +298,7 @@ class _Emitter:
         prec = ', input_precision="ieee"' if dtype == torch.float32 else ""
         w(f"acc = tl.dot(a_tile, b_tile, acc{prec})",
           "IEEE fp32 products, no TF32 (as eager)" if prec else "tensor cores, fp32 accumulation", indent=2)
-        w("")
+        w.append("")
         w("# epilogue: on the tile, in registers")
         self.full.add("acc")
         for st in self.ir.stmts:
