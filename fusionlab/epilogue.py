@@ -277,8 +277,8 @@ def epilogue_name(members: list[torch.fx.Node], backward: bool, facts: dict | No
     named = [c for c in (pattern_name(rest, backward, facts) if rest else "").split("+")
              if c.removesuffix("_backward") in _ACTIVATIONS or c in ("masked_fill", "where")]
     each = [c for c in (_component(m, set(members), node_shape(mm)) for m in rest) if c]
-    if named:  # the activation (gelu's tanh form names its tanh too: part of the gelu), a residual
-        comps += named[:1] + [c for c in each if c == "residual"]
+    if named:  # the activation (gelu's tanh form names its tanh too: part of the gelu)
+        comps += named[:1]
     else:
         comps += [c for c in each if c != "cast"]
     # a cast names the epilogue when a stored result changes dtype (not fp16 gelu's own upcasts)
