@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusionlab as fl
-from fusionlab.codegen.matmul import gpu_config, interpreter_config
+from fusionlab.codegen.launch import matmul_config as gpu_config
+from fusionlab.codegen.launch import matmul_interpreter_config as interpreter_config
 from fusionlab.epilogue import find, split_domain
 from fusionlab.kernels import Kernel, extract_subgraph
 

@@ -18,8 +18,9 @@ as uint16 and its ``create_dot`` converts only 8-bit floats), so a bf16 kernel t
 ``DOT_FP32`` constexpr: the launcher sets it on CPU, where the operands are widened to fp32
 before the dot (exact: every bf16 value is an fp32 value); a GPU compile keeps bf16.
 
-Block sizes, ``num_warps`` and ``num_stages`` come from M, N, K (:func:`gpu_config`); the
-interpreter gets big tiles (:func:`interpreter_config`): its cost is per program instance.
+Block sizes, ``num_warps`` and ``num_stages`` come from M, N, K (:func:`.launch.matmul_config`);
+the interpreter gets big tiles (:func:`.launch.matmul_interpreter_config`): its cost is per
+program instance.
 """
 
 from __future__ import annotations
@@ -33,57 +34,11 @@ from .. import ops
 from ..candidates import Candidate
 from ..capture import CapturedGraph
 from ..epilogue import MatmulSpec, is_matmul, matmul_spec, split_domain
-from .domain import INT32_MAX, aligned_strides, next_pow2
+from .domain import INT32_MAX, aligned_strides
 from .helpers import helper_source, helpers_used
-from .launch import FIX_LAYOUT
-from .lower import KernelIR, LoweringError, Lowerer, Stmt, TensorArg, safe_name
+from .launch import FIX_LAYOUT, matmul_config, matmul_configs, matmul_interpreter_config
+from .lower import KernelIR, Lowerer, LoweringError, Stmt, TensorArg, safe_name
 from .source import KernelSource
-
-SMS = 132  # streaming multiprocessors to fill (H100 SXM); fewer tiles leave SMs idle
-
-
-def gpu_config(m: int, n: int, k: int, batch: int, dtype: torch.dtype) -> dict[str, int]:
-    """Block sizes, num_warps and num_stages for a GPU launch, from the shapes.
-
-    128x128 tiles where the result is big enough, halved (the larger side first) while the
-    tiles would not fill ~132 SMs; BLOCK_K 32 for fp32 (twice the bytes per element), 64 for
-    16-bit; 8 warps for 128x128 tiles, 4 below; pipeline stages 3 (fp32) or 4 (16-bit) when
-    K takes several steps (shared memory: at most 96 KiB / 128 KiB, within sm_80's and
-    sm_90's), 2 when it takes one.
-    """
-    bm = min(128, max(16, next_pow2(m)))
-    bn = min(128, max(16, next_pow2(n)))
-    bk = min(32 if dtype == torch.float32 else 64, max(16, next_pow2(k)))
-    while batch * -(-m // bm) * -(-n // bn) < SMS and max(bm, bn) > 32:
-        if bm >= bn:
-            bm //= 2
-        else:
-            bn //= 2
-    warps = 8 if bm * bn >= 128 * 128 else 4 if bm * bn >= 64 * 64 else 2
-    stages = 2 if k <= bk else (3 if dtype == torch.float32 else 4)
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
-
-
-def gpu_configs(m: int, n: int, k: int, batch: int, dtype: torch.dtype) -> tuple[dict[str, int], ...]:
-    """The default GPU config first, then the usual matmul configs that fit the shapes (for
-    ``Kernel.tune`` on a GPU, ``inspect_configs`` without one)."""
-    base = gpu_config(m, n, k, batch, dtype)
-    out = [base]
-    bk = base["BLOCK_K"]
-    for bm, bn, warps, stages in ((64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3),
-                                  (32, 64, 2, 4), (64, 32, 2, 4)):
-        if bm <= max(16, next_pow2(m)) and bn <= max(16, next_pow2(n)):
-            c = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
-                 "num_stages": stages if k > bk else 2}
-            if c not in out:
-                out.append(c)
-    return tuple(out)
-
-
-def interpreter_config(m: int, n: int, k: int) -> dict[str, int]:
-    """Big tiles for the Triton interpreter (each program instance costs Python time)."""
-    return {"BLOCK_M": min(256, max(16, next_pow2(m))), "BLOCK_N": min(256, max(16, next_pow2(n))),
-            "BLOCK_K": min(256, max(16, next_pow2(k))), "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
 
 
 def _contiguous_strides(shape) -> tuple[int, ...]:
@@ -397,8 +352,8 @@ def generate_matmul(candidate: Candidate, graph: CapturedGraph, name: str, heade
     dtype = spec.node.meta["val"].dtype
     bf16 = dtype == torch.bfloat16
     body = _Emitter(ir, lw).body()
-    gpu = gpu_config(spec.m, spec.n, spec.k, spec.batch, dtype)
-    cpu = interpreter_config(spec.m, spec.n, spec.k)
+    gpu = matmul_config(spec.m, spec.n, spec.k, spec.batch, dtype)
+    cpu = matmul_interpreter_config(spec.m, spec.n, spec.k)
     helpers = helpers_used(body)
     parts = [header.rstrip(), "import torch\nimport triton\nimport triton.language as tl"]
     if helpers:
@@ -413,7 +368,7 @@ def generate_matmul(candidate: Candidate, graph: CapturedGraph, name: str, heade
         name=name, launcher=f"launch_{name}", source=source,
         signature={t.key: "*" + ops.PTR_DTYPE[t.dtype] for t in ir.inputs + ir.outputs},
         constexprs=constexprs, num_warps=gpu["num_warps"], num_stages=gpu["num_stages"],
-        configs=gpu_configs(spec.m, spec.n, spec.k, spec.batch, dtype),
+        configs=matmul_configs(spec.m, spec.n, spec.k, spec.batch, dtype),
         kind="matmul", candidate_id=candidate.id, pattern=candidate.pattern, replaces=replaces,
         modules=candidate.modules, model_name=model_name,
         meta={

@@ -27,7 +27,6 @@ from ._table import html_table, text_lines
 from .compile import CompileReport, inspect_many
 from .summary import add_tool_notes
 
-
 _LAUNCH = ("num_warps", "num_stages")  # launch options in a config; every other key is a constexpr
 
 
