@@ -246,3 +246,28 @@ def test_subgraph_is_the_eager_reference(captures):
     cand = next(c for c in plan.candidates if c.pattern == "bmm+scale")
     sub = extract_subgraph(cap.graphs[0].gm, cand)
     assert [n.target for n in sub.graph.nodes if n.op == "call_function"][0] is torch.ops.aten.bmm.default
+
+
+def test_bf16_and_fp16_kernels_compile_to_tensor_core_dots(captures, tmp_path, monkeypatch):
+    """What the interpreter cannot run: the 16-bit dot on tensor cores. It compiles for sm_80
+    and sm_90 to mma instructions, with DOT_FP32 off, as a GPU launch would get it (these
+    32x64 tiles give mma.sync on sm_90 too: Triton uses wgmma from 64-row tiles, 4 warps)."""
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
+    for dtype in (torch.bfloat16, torch.float16):
+        k = next(k for k in _kernels(captures(dtype)) if k.source.pattern == "matmul+bias+gelu")
+        for target, instr in (("sm_80", "mma.sync"), ("sm_90", "mma")):
+            rep = k.inspect(target, cache=False)
+            assert rep.ok, rep.error
+            assert instr in rep.ptx, (dtype, target)
+
+
+@pytest.mark.slow
+def test_gpt2_two_layers_matmul_kernels_compile_for_sm80_and_sm90(zoo_plan):
+    plan = zoo_plan("gpt2-tiny", select=None)
+    plan.select(*[c for c in plan.candidates if c.kind == "matmul"])
+    kernels = plan.kernels(validate=False)
+    assert len(kernels) == 4 and all(k.source.kind == "matmul" for k in kernels)
+    for target in ("sm_80", "sm_90"):
+        reps = kernels.inspect(target, workers=2, progress=False)
+        assert all(r.ok for r in reps), [r.error for r in reps if not r.ok]
+        assert all("tt.dot" in r.stages["ttir"] and r.registers for r in reps)
