@@ -108,8 +108,11 @@ class MatmulLowerer(Lowerer):
         s = self.spec
         bmn = (s.batch, s.m, s.n) if s.batched else (1, s.m, s.n)
         for t in self.inputs + self.outputs:
-            if t.node in self.relabels or (s.bias is not None and t.node == s.bias.name):
-                # a tensor over [batch,] M, N (the bias broadcast to it): split onto the domain
+            if t.node in self.relabels:
+                # the matmul's result or a reshape of it: contiguous, its elements in the domain's order
+                self.tensor_strides[t.key] = _contiguous_strides(tuple(self.domain))
+            elif s.bias is not None and t.node == s.bias.name:
+                # addmm's bias, broadcast to [M, N]: split onto the domain
                 st = aligned_strides(t.shape, t.stride, bmn)
                 self.tensor_strides[t.key] = _split_strides(st, self.parts, tuple(self.domain))
         if any(tuple(t.shape) != tuple(self.domain) and t.node not in self.relabels for t in self.outputs):
