@@ -6,6 +6,10 @@ the domain shape ``D``; a group with reductions reduces the same dims ``R`` of `
 all of them (softmax's amax and sum, layer_norm's var_mean). Such a group is one Triton
 kernel: pointwise over ``D``, or rows of ``D`` with ``R`` brought last by index math.
 
+A pointwise group that reads a matmul's whole result also takes the matmul (and the
+reshapes between them): one tiled ``tl.dot`` kernel with the group as its epilogue
+(:mod:`fusionlab.epilogue`, ``Candidate.kind == "matmul"``).
+
 The search itself (greedy growth, merges refused when a path would leave the group and
 re-enter it) lives in :mod:`fusionlab.grouping`; bytes and FLOPs in
 :mod:`fusionlab.nodecost`. This module turns the groups into named, costed Candidates and
