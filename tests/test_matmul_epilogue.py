@@ -252,8 +252,8 @@ def test_bf16_kernel_compiles_to_tensor_core_dots(captures, tmp_path, monkeypatc
     """What the interpreter cannot run: the bf16 dot on tensor cores. It compiles for sm_80
     and sm_90 to mma instructions, with DOT_FP32 off, as a GPU launch would get it (these
     small tiles give mma.sync on sm_90 too: Triton uses wgmma from 64-row tiles, 4 warps).
-    fp16 takes the same path with another operand type (compiled in test_inspect_plans' way
-    for the zoo's fp32 kernels; not repeated here to keep this file fast)."""
+    fp16 takes the same code path with another operand type (not compiled here, to keep this
+    file fast; fp16 kernels run in the interpreter without any widening)."""
     monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
     for dtype in (torch.bfloat16,):
         k = next(k for k in _kernels(captures(dtype)) if k.source.pattern == "matmul+bias+gelu")
