@@ -6,7 +6,9 @@ Table 1, per zoo model, one training step (forward + backward of the loss):
 
   eager        kernels the captured ATen graphs launch when run node by node
                (``FusionPlan.summary()`` with nothing selected), non-matmul and matmul apart
-  fusionlab    the same after ``plan.select_all()`` (non-matmul; matmuls are never fused)
+  fusionlab    the same after ``plan.select_all()``: non-matmul kernels, and matmul kernels
+               with how many of them apply a fused epilogue (``fusionlab.epilogue``: a
+               matmul and the pointwise ops on its result are one kernel, still a matmul)
   Inductor     ``torch.compile`` (default Inductor backend, CPU, ``dynamic=False``) of the
                same step function: generated kernels from
                ``torch._inductor.metrics.generated_kernel_count``; its library (extern) calls
@@ -56,6 +58,8 @@ def fusionlab_counts(zm: zoo.ZooModel) -> dict:
         "eager_nonmatmul": before.nonmatmul_before,
         "eager_matmul": before.matmul_kernels,
         "fused_nonmatmul": after.nonmatmul_after,
+        "fused_matmul": after.kernels_after - after.nonmatmul_after,
+        "fused_epilogues": after.matmul_epilogues,
         "candidates": after.candidates,
         "bytes_before": after.bytes_before,
         "bytes_after": after.bytes_after,
@@ -116,17 +120,19 @@ def kernel_table(names: list[str]) -> None:
         i = inductor_counts(zoo.get(name))
         rows.append((name, f, i))
     head = (
-        f"{'model':12} {'eager':>6} {'eager':>6} {'fusionlab':>9} {'Inductor':>8} {'Inductor':>8} "
+        f"{'model':12} {'eager':>6} {'eager':>6} {'fusionlab':>9} {'fusionlab':>10} {'Inductor':>8} {'Inductor':>8} "
         f"{'Inductor':>8} {'bytes':>9} {'bytes':>9}\n"
-        f"{'':12} {'non-mm':>6} {'mm':>6} {'all, non-mm':>9} {'kernels':>8} {'cpp fns':>8} "
-        f"{'extern':>8} {'eager':>9} {'fused':>9}"
+        f"{'':12} {'non-mm':>6} {'mm':>6} {'non-mm':>9} {'mm (epi)':>10} {'non-mm':>8} {'cpp fns':>8} "
+        f"{'mm':>8} {'eager':>9} {'fused':>9}"
     )
-    print("Kernels per training step (forward + backward) on CPU; bytes are modeled, not measured")
+    print("Kernels per training step (forward + backward) on CPU; fusionlab: select-all; "
+          "bytes are modeled, not measured")
     print(head)
-    print("-" * 84)
+    print("-" * 95)
     for name, f, i in rows:
+        mm = f"{f['fused_matmul']} ({f['fused_epilogues']})"
         print(
-            f"{name:12} {f['eager_nonmatmul']:6d} {f['eager_matmul']:6d} {f['fused_nonmatmul']:9d} "
+            f"{name:12} {f['eager_nonmatmul']:6d} {f['eager_matmul']:6d} {f['fused_nonmatmul']:9d} {mm:>10} "
             f"{i['kernels']:8d} {i['cpp_calls']:8d} {i['extern']:8d} "
             f"{fmt_bytes(f['bytes_before']):>9} {fmt_bytes(f['bytes_after']):>9}"
         )
@@ -142,9 +148,12 @@ def kernel_table(names: list[str]) -> None:
         "  eager non-mm / mm  kernel-launching nodes of fusionlab's captured ATen graphs "
         "(FusionPlan.summary(), nothing selected);\n"
         "                     mm = mm/addmm/bmm/convolution nodes, the rest pointwise/reduction/opaque\n"
-        "  fusionlab          non-matmul kernels after plan.select_all() "
-        "(kernels_before - sum(kernels_unfused - 1) - matmuls)\n"
-        "  Inductor kernels   torch._inductor.metrics.generated_kernel_count after torch._dynamo.reset()"
+        "  fusionlab non-mm   non-matmul kernels after plan.select_all() "
+        "(PlanSummary.nonmatmul_after)\n"
+        "  fusionlab mm (epi) matmul kernels after select-all (the same count as eager: a matmul never\n"
+        "                     disappears), in parentheses those that apply a fused epilogue "
+        "(PlanSummary.matmul_epilogues)\n"
+        "  Inductor non-mm    torch._inductor.metrics.generated_kernel_count after torch._dynamo.reset()"
         " + metrics.reset(),\n"
         "                     FX-graph/autograd caches off: the C++ loop nests Inductor generated on CPU\n"
         "                     (CPU codegen splits e.g. a softmax into several loops; a GPU run "
@@ -152,8 +161,11 @@ def kernel_table(names: list[str]) -> None:
         "  Inductor cpp fns   calls of cpp_fused_* functions in the generated CPU wrapper code "
         "(C++ Inductor packs several loop nests\n"
         "                     into one function), code from torch._inductor.utils.run_and_get_code\n"
-        "  Inductor extern    `extern_kernels.<op>(` calls in that wrapper code: library matmuls, "
-        "not counted in 'kernels'"
+        "  Inductor mm        `extern_kernels.<op>(` calls in that wrapper code: library matmuls, "
+        "not counted in 'non-mm'\n"
+        "                     (Inductor's CPU backend runs a training step's matmuls as library calls and "
+        "their epilogues as\n"
+        "                     C++ loops; see fusionlab/executors/__init__.py)"
     )
 
 

@@ -6,6 +6,10 @@ the domain shape ``D``; a group with reductions reduces the same dims ``R`` of `
 all of them (softmax's amax and sum, layer_norm's var_mean). Such a group is one Triton
 kernel: pointwise over ``D``, or rows of ``D`` with ``R`` brought last by index math.
 
+A pointwise group that reads a matmul's whole result also takes the matmul (and the
+reshapes between them): one tiled ``tl.dot`` kernel with the group as its epilogue
+(:mod:`fusionlab.epilogue`, ``Candidate.kind == "matmul"``).
+
 The search itself (greedy growth, merges refused when a path would leave the group and
 re-enter it) lives in :mod:`fusionlab.grouping`; bytes and FLOPs in
 :mod:`fusionlab.nodecost`. This module turns the groups into named, costed Candidates and
@@ -22,10 +26,12 @@ import torch.fx
 
 from . import ops
 from .capture import Capture, CapturedGraph
+from .epilogue import attach_matmuls, epilogue_name, is_matmul
 from .grouping import GroupFinder, aligns, node_shape
 from .nodecost import fmt_bytes, group_costs
 
 _shape = node_shape  # the pattern names below read shapes too
+_MATMUL_OPS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default")
 __all__ = ["Candidate", "Candidates", "aligns", "find_candidates", "graph_candidates", "pattern_name"]
 
 # original_aten op -> the name a student recognises
@@ -82,6 +88,8 @@ class Candidate:
 
     @property
     def kind(self) -> str:
+        if any(o in _MATMUL_OPS for o in self.ops):
+            return "matmul"  # a matmul with its epilogue (fusionlab.epilogue)
         return "reduction" if self.reduce_dims else "pointwise"
 
     @property
@@ -250,7 +258,7 @@ def _is_named(c: str) -> bool:
 def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[Candidate], dict]:
     """Candidates of one captured graph and reasons for the nodes left out."""
     finder = GroupFinder(graph)
-    groups = finder.run()
+    groups = attach_matmuls(graph, finder, finder.run())  # mm/addmm/bmm join their pointwise epilogue
     counts: dict[str, int] = {}
     result = []
     left_out: dict[tuple[str, str], str] = {}
@@ -276,7 +284,8 @@ def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[C
         outputs = [m for m in members if any(u not in mset for u in m.users)]
         # a multi-output reduction is stored through its getitems
         outputs = [o for o in outputs if finder.kind[o] != "reduction" or not _is_multi(o)]
-        pattern = pattern_name(members, graph.kind == "backward", graph.nodes)
+        backward = graph.kind == "backward"
+        pattern = (epilogue_name if any(is_matmul(m) for m in members) else pattern_name)(members, backward, graph.nodes)
         k = counts.get(pattern, 0)
         counts[pattern] = k + 1
         kernels_unfused, bu, bf = group_costs(members, inputs, outputs)

@@ -6,7 +6,9 @@ Everything here is *modeled* from the captured ATen graphs, never measured:
   reduction, matmul, opaque) is one kernel that reads each of its input tensors once and
   writes its result once (``fusionlab.nodecost``, shared with the candidate search);
 * a fused group (a selected candidate) is one kernel that reads each group input once and
-  writes each group output once; what its members passed to each other stays on chip;
+  writes each group output once; what its members passed to each other stays on chip; a
+  matmul with its fused epilogue is still a matmul kernel (counted with the matmuls, so
+  non-matmul counts compare fairly with Inductor's, which leaves matmuls to a library);
 * FLOPs: matmuls from their shapes (``2*M*N*K`` for mm, ...), every other op about one
   FLOP per element it produces (a reduction: per element it reads);
 * time of one kernel on a GPU = ``max(bytes / bandwidth, flops / peak) + launch overhead``
@@ -104,6 +106,11 @@ class StepCost:
         return sum(1 for k in self.kernels if k.kind == "matmul")
 
     @property
+    def epilogue_launches(self) -> int:
+        """Matmul kernels that apply a fused epilogue (a matmul candidate, fusionlab.epilogue)."""
+        return sum(1 for k in self.kernels if k.kind == "matmul" and k.group is not None)
+
+    @property
     def nonmatmul_launches(self) -> int:
         return self.launches - self.matmul_launches
 
@@ -197,6 +204,11 @@ def step_kernels(cap, groups, tf32: bool = False) -> StepCost:
             emitted.add(c.id)
             reads, writes = group_bytes([nodes[i] for i in c.inputs], [nodes[o] for o in c.outputs])
             flops = sum(node_flops(nodes[m], g.nodes[m].kind) for m in c.nodes)
+            mm = next((m for m in c.nodes if g.nodes[m].kind == "matmul"), None)
+            if mm is not None:  # a matmul with its epilogue: a matmul kernel still (tensor-core FLOPs)
+                kernels.append(KernelCost(c.id, g.tag, "matmul", reads, writes, flops,
+                                          _precision(g.nodes[mm].dtype, "matmul", tf32), c.ops, c.id))
+                continue
             kernels.append(KernelCost(c.id, g.tag, "fused", reads, writes, flops, "fp32", c.ops, c.id))
     label = f"fusionlab ({len(groups)} groups fused)" if groups else "eager (unfused)"
     return StepCost(label, kernels, tuple(c.id for c in groups))

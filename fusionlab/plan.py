@@ -36,6 +36,7 @@ class PlanSummary:
     selected: int
     candidates: int
     per_graph: dict  # tag -> (kernels before, after, bytes before, after)
+    matmul_epilogues: int = 0  # matmul kernels after the plan that apply a fused epilogue
 
     @property
     def nonmatmul_before(self) -> int:
@@ -49,7 +50,8 @@ class PlanSummary:
         lines = [
             f"{self.selected} of {self.candidates} candidates selected",
             f"kernels per step: {self.kernels_before} -> {self.kernels_after} "
-            f"(non-matmul {self.nonmatmul_before} -> {self.nonmatmul_after}; {self.matmul_kernels} matmul)",
+            f"(non-matmul {self.nonmatmul_before} -> {self.nonmatmul_after}; {self.matmul_kernels} matmul"
+            + (f", {self.matmul_epilogues} with a fused epilogue)" if self.matmul_epilogues else ")"),
             f"bytes moved per step (modeled): {fmt_bytes(self.bytes_before)} -> {fmt_bytes(self.bytes_after)}"
             + (f" ({self.bytes_after / self.bytes_before:.0%})" if self.bytes_before else ""),
         ]
@@ -214,7 +216,7 @@ class FusionPlan:
             ka, ba = a_graph.get(g.tag, (0, 0))
             per_graph[g.tag] = (kb, ka, bb, ba)
         return PlanSummary(before.launches, after.launches, before.matmul_launches, before.bytes, after.bytes,
-                           len(self._selected), len(self.candidates), per_graph)
+                           len(self._selected), len(self.candidates), per_graph, after.epilogue_launches)
 
     # ------------------------------------------------------------------ later stages
 

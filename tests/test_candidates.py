@@ -84,7 +84,9 @@ def test_candidates_are_well_formed(zoo_candidates, name):
         # members: real nodes of that graph, fusable kinds, topological order, in one candidate
         for n in c.nodes:
             assert n in g.nodes, (c.id, n)
-            assert g.nodes[n].kind in ("pointwise", "reduction", "getitem"), (c.id, n, g.nodes[n].kind)
+            # a matmul candidate (fusionlab.epilogue) also holds its matmul and the reshapes after it
+            extra = ("matmul", "view") if c.kind == "matmul" else ()
+            assert g.nodes[n].kind in ("pointwise", "reduction", "getitem") + extra, (c.id, n, g.nodes[n].kind)
             assert (c.graph, n) not in owner, f"{n} is in {owner.get((c.graph, n))} and {c.id}"
             owner[(c.graph, n)] = c.id
         assert list(c.nodes) == sorted(c.nodes, key=order.index)
@@ -106,14 +108,16 @@ def test_candidates_are_well_formed(zoo_candidates, name):
         # result (a getitem of var_mean moves nothing: var_mean wrote both results)
         assert c.bytes_unfused == sum(
             sum(_bytes(a) for a in dict.fromkeys(fx[n].all_input_nodes)) + _bytes(fx[n])
-            for n in c.nodes if g.nodes[n].kind != "getitem"
+            for n in c.nodes if g.nodes[n].kind not in ("getitem", "view")
         ), c.id
         # a horizontal group (q/k/v copies) saves launches, not bytes
         assert c.bytes_saved >= 0
         assert c.bytes_saved > 0 or c.pattern == "copy"
         # domain: reduced dims lie in the domain; a reduction group has a reduction member
         assert all(0 <= d < len(c.domain) for d in c.reduce_dims)
-        assert c.kind == ("reduction" if c.reduce_dims else "pointwise")
+        matmuls = [n for n in c.nodes if g.nodes[n].kind == "matmul"]
+        assert len(matmuls) <= 1 and (c.kind == "matmul") == bool(matmuls)
+        assert c.kind == ("matmul" if matmuls else "reduction" if c.reduce_dims else "pointwise")
         assert any(g.nodes[n].kind == "reduction" for n in c.nodes) == bool(c.reduce_dims)
         assert all(m in {g.nodes[n].module for n in c.nodes} for m in c.modules)
         assert c.id in repr(c)
@@ -171,13 +175,15 @@ def test_gpt2_block_forward_patterns(zoo_candidates):
     cands = zoo_candidates("gpt2-block")
     cap = cands.capture
     assert {"softmax", "layer_norm", "gelu"} <= components(cands, "forward", cap)
+    # the MLP's c_fc matmul joins its gelu (fusionlab.epilogue)
     (gelu,) = only(cands, "fw0", "gelu")
-    assert gelu.pattern == "gelu" and gelu.id == "fw0.gelu.0"
-    assert gelu.modules == ("mlp.act",) and gelu.kind == "pointwise"
-    assert gelu.domain == (2, 64, 512) and "aten.tanh.default" in gelu.ops
-    assert len(gelu.outputs) == 1 and gelu.kernels_unfused == len(gelu.nodes)
-    # reads the c_fc output once and writes the activation once
-    assert gelu.bytes_fused == 2 * (2 * 64 * 512 * 4)
+    assert gelu.pattern == "matmul+bias+gelu" and gelu.id == "fw0.matmul+bias+gelu.0"
+    assert gelu.modules == ("mlp.c_fc", "mlp.act") and gelu.kind == "matmul"
+    assert gelu.domain == (2, 64, 512) and "aten.tanh.default" in gelu.ops and "aten.addmm.default" in gelu.ops
+    assert gelu.outputs == ("view_15", "mul_10")  # c_fc's result, saved for backward, and the activation
+    assert gelu.kernels_unfused == len(gelu.nodes) - 1  # its reshape (view_15) launches nothing
+    # reads the ln_2 output, weight and bias once; writes c_fc's result and the activation once
+    assert gelu.bytes_fused == (128 * 128 + 128 * 512 + 512) * 4 + 2 * (2 * 64 * 512 * 4)
     (softmax,) = only(cands, "fw0", "softmax")
     assert softmax.reduce_dims == (3,) and softmax.domain == (2, 4, 64, 64)
     assert {"aten.amax.default", "aten.exp.default", "aten.sum.dim_IntList", "aten.div.Tensor"} <= set(
@@ -201,7 +207,9 @@ def test_gpt2_block_backward_patterns(zoo_candidates):
     )
     (gelu_bw,) = only(cands, "bw0", "gelu_backward")
     assert gelu_bw.domain == (2, 64, 512) and not gelu_bw.reduce_dims
-    assert gelu_bw.modules[0] == "mlp.act"
+    # c_proj's input-gradient matmul joins it: its result is gelu_backward's incoming gradient
+    assert gelu_bw.modules == ("mlp.c_proj", "mlp.act") and gelu_bw.pattern == "matmul+gelu_backward"
+    assert "aten.mm.default" in gelu_bw.ops
     (softmax_bw,) = only(cands, "bw0", "softmax_backward")
     assert softmax_bw.reduce_dims == (3,) and softmax_bw.modules == ("attn",)
     norm_bw = only(cands, "bw0", "layer_norm_backward")
@@ -221,7 +229,7 @@ def test_mlp_cross_entropy_pieces(zoo_candidates):
     (log_softmax,) = only(cands, "fw0", "log_softmax")
     assert log_softmax.reduce_dims == (1,) and log_softmax.domain == (32, 10)
     (gelu,) = only(cands, "fw0", "gelu")
-    assert "aten.erf.default" in gelu.ops and gelu.modules == ("act2",)
+    assert "aten.erf.default" in gelu.ops and gelu.modules == ("fc2", "act2") and gelu.kind == "matmul"
 
 
 def test_cnn_batch_norm(zoo_candidates):
@@ -415,7 +423,7 @@ def test_display(zoo_candidates):
     assert text.startswith(f"{len(cands)} fusion candidates")
     assert all(c.id in text for c in cands)
     html = cands._repr_html_()
-    assert "<table>" in html and "fw0.gelu.0" in html and "modeled" in html
+    assert "<table>" in html and "fw0.matmul+bias+gelu.0" in html and "modeled" in html
 
 
 @settings(max_examples=300, deadline=None)

@@ -11,7 +11,7 @@ def test_demo_prints_candidates_plan_and_a_checked_kernel():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
-    assert "fusion candidates" in text and "fw0.gelu.0" in text
+    assert "fusion candidates" in text and "fw0.matmul+bias+gelu.0" in text
     assert "kernels per step:" in text and "(modeled)" in text
     assert "@triton.jit" in text and "aten.erf.default  act2" in text
     assert "checked" in text or ": ok," in text

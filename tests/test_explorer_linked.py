@@ -53,7 +53,7 @@ def test_refusal_from_the_graph_is_shown_and_put_back(block):
 
 def test_focus_node_shows_kernel_line_and_model_source(block):
     ex = block
-    c = next(c for c in ex.plan.candidates if c.pattern == "gelu")
+    c = next(c for c in ex.plan.candidates if c.pattern == "matmul+bias+gelu")  # c_fc and its gelu
     node = next(n for n in c.nodes if ex.capture.graph(c.graph).nodes[n].source)
     ex.graph.focused = f"{c.graph}:{node}"  # a click on the node
     pane = ex.kernel_pane

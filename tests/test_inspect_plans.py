@@ -24,7 +24,7 @@ from fusionlab.kernels import Kernel, KernelSet, extract_subgraph
 
 MODELS = ["mlp", "cnn-bn", "gpt2-block", "llama-block"]
 TARGETS = ["sm_80", "sm_90"]
-KINDS = ["pointwise", "reduction", "looped_reduction"]
+KINDS = ["pointwise", "reduction", "looped_reduction", "matmul"]
 
 
 def _session_dir(tmp_path_factory, name: str):
@@ -159,6 +159,8 @@ def test_one_kernel_of_each_kind(inspected, all_kernels, target, kind):
         assert "scf.for" in rep.stages["ttir"]
     if kind == "reduction":
         assert "scf.for" not in rep.stages["ttir"] and "tt.reduce" in rep.stages["ttir"]
+    if kind == "matmul":  # the K loop of tl.dot, on tensor cores (mma / wgmma) or IEEE fp32 FMAs
+        assert "scf.for" in rep.stages["ttir"] and "tt.dot" in rep.stages["ttir"]
 
 
 def test_report_table(inspected, all_kernels):
@@ -192,11 +194,12 @@ def test_inspect_configs(inspected, all_kernels, pool, kind):
     table = k.inspect_configs("sm_90", workers=2, pool=pool)
     cfgs = candidate_configs(k.source)
     assert table.configs == cfgs and len(cfgs) >= 2
-    assert cfgs[0] == {**k.source.constexprs, "num_warps": k.source.num_warps}
+    stages = {"num_stages": k.source.num_stages} if k.source.num_stages is not None else {}
+    assert cfgs[0] == {**k.source.constexprs, "num_warps": k.source.num_warps, **stages}
     for cfg, rep in table:
         assert rep.ok, (cfg, rep.error)
         assert rep.num_warps == cfg["num_warps"]
-        assert rep.constexprs == {n: v for n, v in cfg.items() if n != "num_warps"}
+        assert rep.constexprs == {n: v for n, v in cfg.items() if n not in ("num_warps", "num_stages")}
         assert rep.registers > 0 and rep.occupancy is not None
     # the default config is the kernel's own compile: served from the cache
     assert table[0][1].cached and table[0][1].stages == inspected["sm_90"][i].stages

@@ -86,7 +86,7 @@ def test_select_by_pattern(plan, gpt2):
                           set(_with(cands, "softmax") + _with(cands, "layer_norm")
                               + _with(cands, "gelu_backward"))]
     assert set(_ids(plan)) == {"fw0.masked_fill+softmax.0", "fw0.layer_norm.0",
-                               "fw0.add+layer_norm.0", "bw0.gelu_backward.0"}
+                               "fw0.add+layer_norm.0", "bw0.matmul+gelu_backward.0"}
     _check_summary(plan)
 
 
@@ -94,12 +94,12 @@ def test_select_by_full_pattern_id_and_candidate(plan, gpt2):
     _, cands = gpt2
     plan.select("add+layer_norm")
     assert _ids(plan) == ["fw0.add+layer_norm.0"]
-    plan.select("fw0.gelu.0", cands.by_id("bw0.softmax_backward+masked_fill.0"))
-    assert set(_ids(plan)) == {"fw0.add+layer_norm.0", "fw0.gelu.0",
+    plan.select("fw0.matmul+bias+gelu.0", cands.by_id("bw0.softmax_backward+masked_fill.0"))
+    assert set(_ids(plan)) == {"fw0.add+layer_norm.0", "fw0.matmul+bias+gelu.0",
                                "bw0.softmax_backward+masked_fill.0"}
-    assert plan.is_selected("fw0.gelu.0") and plan.is_selected(cands.by_id("fw0.gelu.0"))
+    assert plan.is_selected("fw0.matmul+bias+gelu.0") and plan.is_selected(cands.by_id("fw0.matmul+bias+gelu.0"))
     assert not plan.is_selected("fw0.layer_norm.0")
-    plan.select("fw0.gelu.0")  # selecting again changes nothing
+    plan.select("fw0.matmul+bias+gelu.0")  # selecting again changes nothing
     assert len(plan.selected) == 3
 
 
@@ -109,11 +109,11 @@ def test_deselect(plan, gpt2):
     assert _ids(plan) == [c.id for c in cands]
     plan.deselect("layer_norm_backward")
     assert not set(_with(cands, "layer_norm_backward")) & set(_ids(plan))
-    plan.deselect("fw0.gelu.0")
-    assert "fw0.gelu.0" not in _ids(plan)
+    plan.deselect("fw0.matmul+bias+gelu.0")
+    assert "fw0.matmul+bias+gelu.0" not in _ids(plan)
     assert len(plan.selected) == len(cands) - len(_with(cands, "layer_norm_backward")) - 1
     _check_summary(plan)
-    plan.deselect("fw0.gelu.0")  # deselecting an unselected candidate is fine
+    plan.deselect("fw0.matmul+bias+gelu.0")  # deselecting an unselected candidate is fine
     plan.clear()
     assert plan.selected == []
 
@@ -145,7 +145,7 @@ def test_summary_is_consistent_for_any_selection(plan, gpt2):
 def test_plan_for(gpt2):
     cap, _ = gpt2
     assert len(plan_for(cap).selected) == len(find_candidates(cap))
-    assert _ids(plan_for(cap, "gelu")) == ["fw0.gelu.0"]
+    assert _ids(plan_for(cap, "gelu")) == ["fw0.matmul+bias+gelu.0"]
     assert _ids(plan_for(cap, None)) == []
 
 
@@ -153,9 +153,9 @@ def test_repr_marks_the_selection(plan):
     plan.select("gelu")
     text = repr(plan)
     assert text.startswith("FusionPlan(GPT2Block: 1/")
-    assert "[x] fw0.gelu.0" in text and "[ ] fw0.layer_norm.0" in text
+    assert "[x] fw0.matmul+bias+gelu.0" in text and "[ ] fw0.layer_norm.0" in text
     html = plan._repr_html_()
-    assert "fw0.gelu.0" in html and "&#9745;" in html
+    assert "fw0.matmul+bias+gelu.0" in html and "&#9745;" in html
 
 
 # --------------------------------------------------------------------------- refusing
@@ -170,10 +170,10 @@ def test_unknown_pattern_names_the_patterns(plan, gpt2):
     assert "'flash_attention'" in msg
     for pattern in ("gelu", "masked_fill+softmax", "layer_norm"):
         assert pattern in msg
-    assert _ids(plan) == ["fw0.gelu.0"]  # nothing changed, not even the valid half
+    assert _ids(plan) == ["fw0.matmul+bias+gelu.0"]  # nothing changed, not even the valid half
     with pytest.raises(PlanError, match="no candidate matches 'fw0.gelu.7'"):
         plan.deselect("fw0.gelu.7")
-    assert _ids(plan) == ["fw0.gelu.0"]
+    assert _ids(plan) == ["fw0.matmul+bias+gelu.0"]
 
 
 def test_empty_and_wrong_selections(plan, gpt2):

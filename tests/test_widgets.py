@@ -81,7 +81,7 @@ def test_refused_selection_shows_plan_error_and_reverts(cap):
 
 
 def test_kernel_pane_shows_triton_source_and_checks(ex):
-    cid = next(c.id for c in ex.plan.candidates if c.pattern == "gelu")
+    cid = next(c.id for c in ex.plan.candidates if c.pattern == "matmul+bias+gelu")  # fc2 and its gelu
     ex.focus_buttons[cid].click()  # a click on the candidate's row
     assert ex.kernel_pane.cid == cid and ex.graph.focus_candidate == cid
     shown = text(ex.kernel_pane.source)

@@ -8,6 +8,8 @@ Triton interpreter, where each program instance costs Python time.
 
 from __future__ import annotations
 
+import torch
+
 from .domain import next_pow2
 from .lower import KernelIR
 
@@ -64,6 +66,55 @@ def gpu_configs(ir: KernelIR, kind: str) -> tuple[dict[str, int], ...]:
         if c not in uniq:
             uniq.append(c)
     return tuple(uniq)
+
+
+# --------------------------------------------------------------------------- matmul kernels
+
+SMS = 132  # streaming multiprocessors to fill (H100 SXM); fewer tiles leave SMs idle
+
+
+def matmul_config(m: int, n: int, k: int, batch: int, dtype: torch.dtype) -> dict[str, int]:
+    """Block sizes, num_warps and num_stages for a GPU launch, from the shapes.
+
+    128x128 tiles where the result is big enough, halved (the larger side first) while the
+    tiles would not fill ~132 SMs; BLOCK_K 32 for fp32 (twice the bytes per element), 64 for
+    16-bit; 8 warps for 128x128 tiles, 4 below; pipeline stages 3 (fp32) or 4 (16-bit) when
+    K takes several steps (shared memory: at most 96 KiB / 128 KiB, within sm_80's and
+    sm_90's), 2 when it takes one.
+    """
+    bm = min(128, max(16, next_pow2(m)))
+    bn = min(128, max(16, next_pow2(n)))
+    bk = min(32 if dtype == torch.float32 else 64, max(16, next_pow2(k)))
+    while batch * -(-m // bm) * -(-n // bn) < SMS and max(bm, bn) > 32:
+        if bm >= bn:
+            bm //= 2
+        else:
+            bn //= 2
+    warps = 8 if bm * bn >= 128 * 128 else 4 if bm * bn >= 64 * 64 else 2
+    stages = 2 if k <= bk else (3 if dtype == torch.float32 else 4)
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+
+
+def matmul_configs(m: int, n: int, k: int, batch: int, dtype: torch.dtype) -> tuple[dict[str, int], ...]:
+    """The default GPU config first, then the usual matmul configs that fit the shapes (for
+    ``Kernel.tune`` on a GPU, ``inspect_configs`` without one)."""
+    base = matmul_config(m, n, k, batch, dtype)
+    out = [base]
+    bk = base["BLOCK_K"]
+    for bm, bn, warps, stages in ((64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3),
+                                  (32, 64, 2, 4), (64, 32, 2, 4)):
+        if bm <= max(16, next_pow2(m)) and bn <= max(16, next_pow2(n)):
+            c = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
+                 "num_stages": stages if k > bk else 2}
+            if c not in out:
+                out.append(c)
+    return tuple(out)
+
+
+def matmul_interpreter_config(m: int, n: int, k: int) -> dict[str, int]:
+    """Big tiles for the Triton interpreter (each program instance costs Python time)."""
+    return {"BLOCK_M": min(256, max(16, next_pow2(m))), "BLOCK_N": min(256, max(16, next_pow2(n))),
+            "BLOCK_K": min(256, max(16, next_pow2(k))), "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
 
 
 # Copied into every kernel module (which depends only on torch and triton).

@@ -21,6 +21,9 @@ from .domain import Layout, aligned_strides, make_layout, mapped_strides
 RESERVED = {
     "xindex", "xoffset", "xmask", "rindex", "roffset", "rmask", "mask", "xnumel", "rnumel",
     "n_rows", "n_cols", "XBLOCK", "RBLOCK", "tl", "triton", "torch", "float", "int", "range",
+    # the matmul template's own names (codegen/matmul.py)
+    "pid", "pid_m", "pid_n", "pid_b", "rm", "rn", "rk", "k0", "kk", "m_mask", "n_mask", "acc", "a_tile",
+    "b_tile", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "DOT_FP32", "group_id", "group_size_m", "first_pid_m",
 }
 
 
@@ -117,11 +120,15 @@ def saved_for_backward(node: torch.fx.Node, graph: CapturedGraph, members) -> bo
     return only_saved(node)  # a kernel output has a user outside the kernel: this one is saved
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """`name`, or `name_v` where it would shadow a name the kernel itself uses."""
     return name + "_v" if name in RESERVED else name
 
 
-class _Lowerer:
+class Lowerer:
+    """One candidate's members -> statements (one per op) and the tensors the kernel reads
+    and writes; :mod:`.matmul` extends it for a matmul's epilogue."""
+
     def __init__(self, cand: Candidate, graph: CapturedGraph, kernel_name: str):
         self.cand = cand
         self.graph = graph
@@ -197,7 +204,7 @@ class _Lowerer:
         else:
             tile = "x" if self.layout.varies(key, "x") else "s"
         dt = _val(node).dtype
-        name = _safe(node.name)
+        name = safe_name(node.name)
         self._emit(Stmt(name=name, kind="load", tile=tile, deps=(), comment=f"load {node.name}",
                         load=key, dtype=ops.compute_dtype(dt)))
         self.loaded[node.name] = name
@@ -240,6 +247,10 @@ class _Lowerer:
                 self._lower_reduction(node)
             else:
                 raise LoweringError(f"{node.name} ({ops.op_name(node)}) is not pointwise or a reduction")
+        return self.finish()
+
+    def finish(self) -> KernelIR:
+        """The IR once every member is lowered: a store of each output's value."""
         stores = [Store(out.key, self.value[out.node], f"store {out.node}") for out in self.outputs]
         return KernelIR(
             name=self.name, candidate=self.cand, layout=self.layout, stmts=self.stmts, stores=stores,
@@ -280,7 +291,7 @@ class _Lowerer:
             # comparison or a where downstream sees the values eager sees (a constant is a
             # tl.full by now: a Python literal has no .to())
             expr = ops.cast_expr(f"({expr})", out_dtype)
-        name = _safe(node.name)
+        name = safe_name(node.name)
         self.value[node.name] = self._emit(
             Stmt(name=name, kind="op", tile=tile, deps=tuple(dict.fromkeys(deps)),
                  comment=self._comment(node), expr=expr, dtype=cdt)
@@ -304,7 +315,7 @@ class _Lowerer:
         out_val = _val(node)
         out_dtype = (out_val[0] if isinstance(out_val, (list, tuple)) else out_val).dtype
         cdt = ops.compute_dtype(out_dtype)
-        name = _safe(node.name)
+        name = safe_name(node.name)
         if spec.op in ("sum", "mean"):
             if cdt.is_floating_point and not self.dtype[x].is_floating_point:
                 x = self._cast_stmt(x, torch.float32, node)
@@ -342,7 +353,7 @@ class _Lowerer:
 def lower(candidate: Candidate, graph: CapturedGraph, kernel_name: str) -> KernelIR:
     """The kernel IR of one candidate of `graph`."""
     try:
-        return _Lowerer(candidate, graph, kernel_name).lower()
+        return Lowerer(candidate, graph, kernel_name).lower()
     except LoweringError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as e:

@@ -22,7 +22,8 @@ class KernelSource:
     constexprs: dict[str, int]  # block sizes used for the GPU launch (e.g. {"XBLOCK": 1024})
     num_warps: int
     configs: tuple[dict[str, int], ...] = ()  # candidate GPU launch configs incl. "num_warps"
-    kind: str = "pointwise"  # "pointwise" | "reduction" | "looped_reduction"
+    kind: str = "pointwise"  # "pointwise" | "reduction" | "looped_reduction" | "matmul"
+    num_stages: int | None = None  # software-pipeline stages of a GPU compile (matmul kernels; None: Triton's)
     candidate_id: str = ""
     pattern: str = ""
     replaces: tuple[str, ...] = ()  # "node_name = aten.op(...)  # module" lines
@@ -40,6 +41,8 @@ class KernelSource:
         h.update(repr(sorted(self.signature.items())).encode())
         h.update(repr(sorted(self.constexprs.items())).encode())
         h.update(str(self.num_warps).encode())
+        if self.num_stages is not None:
+            h.update(f"stages={self.num_stages}".encode())
         return h.hexdigest()
 
     def __repr__(self) -> str:

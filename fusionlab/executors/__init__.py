@@ -24,6 +24,21 @@ the scheduler merges loop nests only inside one group). The step then runs Induc
 generated wrapper instead of the FX graph's Python code, which costs the per-group
 executor several hundred microseconds a step in views, getitems and unfused ops.
 
+Matmul epilogues (a matmul candidate, :mod:`fusionlab.epilogue`). Both executors hand the
+group to Inductor like any other and fuse what Inductor's CPU backend can: checked on torch
+2.13 (AVX2 CPU), Inductor compiles an mm/addmm/bmm as a library call
+(``extern_kernels.addmm`` etc., oneDNN/MKL, as eager) and the whole epilogue as one C++
+loop nest that reads the matmul's result back (gpt2-block: ``extern_kernels.addmm`` then
+``cpp_fused_gelu_view``), so on CPU the group saves the epilogue's kernels and traffic but
+not the matmul result's round trip. Inductor has C++ GEMM templates that apply an epilogue
+in the matmul's own loop (``CppGemmTemplate``, ``CppBmmTemplate``), but only under
+``max_autotune`` with ``"CPP"`` in ``max_autotune_gemm_backends``, and for mm/addmm only
+when the weight is a constant (``use_cpp_gemm_template(require_constant_mat2=True)``:
+frozen inference graphs), never in a training step, whose weights are graph inputs; bmm
+would qualify (``cpp_fused_bmm_mul`` for a bmm+scale group), at the cost of autotuning every
+matmul of the step, so the executors leave ``max_autotune`` off. A Triton kernel of
+fusionlab's (``codegen/matmul.py``) is what keeps the result in registers, on a GPU.
+
 Caches. The fusion policy is part of Inductor's FX graph cache key (a post-fusion scheduler
 pass whose ``uuid()`` hashes it), so a plan compiled once, in this process or an earlier
 one, comes back from that cache, and one plan's code is never served for another. A hit

@@ -216,7 +216,11 @@ def inspect_many(
         if t
     ]
     key_options = {"options": options or {}, "env": env, "hide": hide}
-    keys = [_cache.inspect_key(ks, label, tversion, key_options) for ks in sources]
+    # a kernel's own pipeline depth (matmul kernels choose theirs from M, N, K) unless `options` say
+    kernel_options = [{**({"num_stages": ks.num_stages} if ks.num_stages else {}), **(options or {})}
+                      for ks in sources]
+    keys = [_cache.inspect_key(ks, label, tversion, {**key_options, "options": o})
+            for ks, o in zip(sources, kernel_options)]
 
     reports: list[CompileReport | None] = [None] * n
     notes: dict[int, list[str]] = {}
@@ -261,7 +265,7 @@ def inspect_many(
                         "int_args": dict(ks.int_args),
                         "num_warps": int(ks.num_warps),
                         "arch": arch,
-                        "options": options or {},
+                        "options": kernel_options[todo[key][0]],
                         "env": env,
                         "hide_tools": hide,
                     }

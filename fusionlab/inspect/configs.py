@@ -27,18 +27,25 @@ from ._table import html_table, text_lines
 from .compile import CompileReport, inspect_many
 from .summary import add_tool_notes
 
+_LAUNCH = ("num_warps", "num_stages")  # launch options in a config; every other key is a constexpr
+
 
 def default_config(ks: KernelSource) -> dict[str, int]:
     """The config the launcher uses on a GPU when none is given."""
-    return {**ks.constexprs, "num_warps": int(ks.num_warps)}
+    out = {**ks.constexprs, "num_warps": int(ks.num_warps)}
+    if ks.num_stages is not None:
+        out["num_stages"] = int(ks.num_stages)
+    return {k: v for k, v in out.items() if k != "DOT_FP32"}
 
 
 def candidate_configs(ks: KernelSource) -> list[dict[str, int]]:
     """``ks.configs`` (the default first, no duplicates), or just the default."""
     out = [default_config(ks)]
     for c in ks.configs:
-        full = {**ks.constexprs, **c}
+        full = {**{k: v for k, v in ks.constexprs.items() if k != "DOT_FP32"}, **c}
         full.setdefault("num_warps", int(ks.num_warps))
+        if ks.num_stages is not None:
+            full.setdefault("num_stages", int(ks.num_stages))
         if full not in out:
             out.append(full)
     return out
@@ -46,9 +53,11 @@ def candidate_configs(ks: KernelSource) -> list[dict[str, int]]:
 
 def with_config(ks: KernelSource, config: dict) -> KernelSource:
     """``ks`` compiled with ``config``'s block sizes and num_warps (same module text)."""
-    consts = {**ks.constexprs, **{k: int(v) for k, v in config.items() if k != "num_warps"}}
+    consts = {**ks.constexprs, **{k: int(v) for k, v in config.items() if k not in _LAUNCH}}
+    stages = config.get("num_stages", ks.num_stages)
     return dataclasses.replace(
-        ks, constexprs=consts, num_warps=int(config.get("num_warps", ks.num_warps))
+        ks, constexprs=consts, num_warps=int(config.get("num_warps", ks.num_warps)),
+        num_stages=None if stages is None else int(stages),
     )
 
 
