@@ -10,7 +10,8 @@ A rule names nodes by *selectors*, each one of:
 
 Rules act in the candidate search (:mod:`fusionlab.grouping`), per graph: ``never_fuse``
 refuses every merge that would put a node named by ``a`` and another named by ``b`` in one
-group (so a group that would hold both is grown as two); ``always_fuse`` makes the nodes
+group (so a group that would hold both is grown as two; a node both name is on neither
+side, so never_fuse("add", "layer_norm") keeps the residual add out but not the eps add); ``always_fuse`` makes the nodes
 its selectors name in a graph (where all of them name some) one group before the search
 grows it, or is refused with the reason (two iteration domains, a cycle, an op no kernel
 fuses). Rules hold no node names or shapes, so they apply to a recapture with new shapes.
@@ -75,10 +76,17 @@ class GraphRules:
         for r in self.rules:
             if r.kind != "never":
                 continue
-            x, y = (self.named[s] & merged for s in r.names)
-            if x and y and (len(x | y) > 1):
-                return f"{r} keeps {sorted(n.name for n in x)[0]} and {sorted(n.name for n in y)[0]} apart"
+            a_only, b_only = self.sides(r)
+            x, y = a_only & merged, b_only & merged
+            if x and y:
+                return f"{r} keeps {min(x, key=self.order.get).name} and {min(y, key=self.order.get).name} apart"
         return None
+
+    def sides(self, rule: Rule) -> tuple[set, set]:
+        """The nodes only `a` names and those only `b` names: a node both name (the eps add
+        inside a layer_norm, for never_fuse('add', 'layer_norm')) is on neither side."""
+        a, b = (self.named[s] for s in rule.names)
+        return a - b, b - a
 
     def always_nodes(self, rule: Rule) -> list:
         """The nodes an always_fuse rule names in this graph ([] unless every selector names one)."""
