@@ -25,7 +25,7 @@ from .capture import Capture
 from .cost import step_kernels
 from .fxgraph import contracted_cycle
 from .nodecost import fmt_bytes
-from .rules import Rule, named_anywhere
+from .rules import Rule, made_by_always, named_anywhere, split_by_rules
 
 
 class PlanError(ValueError):
@@ -273,37 +273,10 @@ class FusionPlan:
         self.skipped = []
 
     def _made_by_always(self, c: Candidate, rules: list[Rule] | None = None) -> bool:
-        """Does `c` hold every node an always_fuse rule names in its graph?"""
-        from .patterns import NodeView
-        from .rules import GraphRules
-
-        rules = [r for r in (self.rules if rules is None else rules) if r.kind == "always"]
-        if not rules:
-            return False
-        g = self.capture.graph(c.graph)
-        gr = GraphRules(g, NodeView(g.nodes, g.kind == "backward"), rules)
-        return any((named := gr.always_nodes(r)) and {n.name for n in named} <= set(c.nodes) for r in rules)
+        return made_by_always(self.capture, c, self.rules if rules is None else rules)
 
     def _split_by_rules(self) -> list[tuple[str, str]]:
-        """Candidates found without the rules that the never_fuse rules split, and into what."""
-        if not any(r.kind == "never" for r in self.rules) or self._plain is None:
-            return []
-        now = {(c.graph, c.nodes) for c in self.candidates}
-        nevers = ", ".join(str(r) for r in self.rules if r.kind == "never")
-        out = []
-        for c in self._plain:
-            if (c.graph, c.nodes) in now:
-                continue
-            mine = set(c.nodes)
-            parts = [d.id for d in self.candidates if d.graph == c.graph and set(d.nodes) & mine]
-            if not parts:
-                continue  # changed by an always_fuse rule, not split
-            inside = set().union(*(self._by_id[p].nodes for p in parts))
-            alone = [n for n in c.nodes if n not in inside]
-            out.append((c.id, f"split by {nevers} into {', '.join(parts)}"
-                        + (f"; {', '.join(alone[:3])}{' ...' if len(alone) > 3 else ''} run(s) unfused" if alone else "")
-                        + ("" if inside <= mine else " (the parts grew with other nodes)")))
-        return out
+        return split_by_rules(self._plain, self.candidates, self.rules) if self._plain is not None else []
 
     # ------------------------------------------------------------------ code
 

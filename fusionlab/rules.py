@@ -107,3 +107,39 @@ def named_anywhere(capture, sel: str) -> bool:
         if any(selector_matches(sel, n, view.module(n), claimed.get(n)) for n in nodes):
             return True
     return False
+
+
+def made_by_always(capture, c, rules) -> bool:
+    """Does candidate `c` hold every node an always_fuse rule names in its graph?"""
+    from .patterns.registry import NodeView
+
+    rules = [r for r in rules if r.kind == "always"]
+    if not rules:
+        return False
+    g = capture.graph(c.graph)
+    gr = GraphRules(g, NodeView(g.nodes, g.kind == "backward"), rules)
+    return any((named := gr.always_nodes(r)) and {n.name for n in named} <= set(c.nodes) for r in rules)
+
+
+def split_by_rules(plain, candidates, rules) -> list[tuple[str, str]]:
+    """(id, why) for each candidate found without rules (`plain`) that never_fuse rules split."""
+    nevers = ", ".join(str(r) for r in rules if r.kind == "never")
+    if not nevers:
+        return []
+    now = {(c.graph, c.nodes) for c in candidates}
+    by_id = {c.id: c for c in candidates}
+    out = []
+    for c in plain:
+        if (c.graph, c.nodes) in now:
+            continue
+        mine = set(c.nodes)
+        parts = [d.id for d in candidates if d.graph == c.graph and set(d.nodes) & mine]
+        if not parts:
+            continue  # changed by an always_fuse rule, not split
+        inside = set().union(*(by_id[p].nodes for p in parts))
+        alone = [n for n in c.nodes if n not in inside]
+        out.append((c.id, f"split by {nevers} into {', '.join(parts)}"
+                    + (f"; {', '.join(alone[:3])}{' ...' if len(alone) > 3 else ''} "
+                       f"run{'s' if len(alone) == 1 else ''} unfused" if alone else "")
+                    + ("" if inside <= mine else " (the parts grew with other nodes)")))
+    return out
