@@ -76,8 +76,11 @@ def _check_free(name: str, replace: bool) -> None:
         p = get(name)
     except KeyError:
         return
-    if p.builtin or not replace:
-        add(Pattern(name, "", lambda n: None), replace=False)  # raises the registry's message
+    if p.builtin:
+        raise PatternError(f"pattern {name!r} is built in; pick another name for yours")
+    if not replace:
+        raise PatternError(f"pattern {name!r} is already registered; fusionlab.unregister({name!r}) "
+                           "first, or pass replace=True (re-running a notebook cell)")
 
 
 class PatternList(list):
