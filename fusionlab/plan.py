@@ -250,21 +250,23 @@ class FusionPlan:
     def _add_rule(self, rule: Rule) -> FusionPlan:
         if rule in self.rules:
             return self
-        if rule.kind == "always":
-            clash = [r for r in self.rules if r.kind == "never"]
-            cands = find_candidates(self.capture, rules=tuple(self.rules + [rule]))
-            mine = [n for n in cands.notes if f"{rule} refused" in n]
-            if mine:
-                raise PlanError("; ".join(mine) + (f" (rules in force: {', '.join(map(str, clash))})" if clash else ""))
-            if not any(self._made_by_always(c, [rule]) for c in cands):
-                raise PlanError(f"{rule} refused: its names never meet in one graph (each graph lacks one of them)")
-        self._set_rules(self.rules + [rule])
+        rules = self.rules + [rule]
+        cands = find_candidates(self.capture, rules=tuple(rules))
+        refused = [n for n in cands.notes if any(f"{r} refused" in n for r in rules if r.kind == "always")]
+        if refused:  # a new always_fuse rule, or a never_fuse rule an always_fuse rule cannot live with
+            others = [str(r) for r in self.rules]
+            head = "" if rule.kind == "always" else f"{rule} is refused, an always_fuse rule needs those merges: "
+            raise PlanError(head + "; ".join(refused) + (f" (rules in force: {', '.join(others)})" if others else ""))
+        if rule.kind == "always" and not any(self._made_by_always(c, [rule]) for c in cands):
+            raise PlanError(f"{rule} refused: its names never meet in one graph (each graph lacks one of them)")
+        self._set_rules(rules, cands)
         return self
 
-    def _set_rules(self, rules: list[Rule]) -> None:
+    def _set_rules(self, rules: list[Rule], cands: Candidates | None = None) -> None:
         if self._plain is None:
             self._plain = find_candidates(self.capture)
-        cands = find_candidates(self.capture, rules=tuple(rules)) if rules else self._plain
+        if cands is None:
+            cands = find_candidates(self.capture, rules=tuple(rules)) if rules else self._plain
         old = {(c.graph, c.nodes) for c in self.selected}
         self.rules = list(rules)
         self.candidates = cands

@@ -69,6 +69,11 @@ def test_rules_refused_with_the_reason(zoo_plan):
         plan.always_fuse("ln_1", "mlp.act")
     with pytest.raises(PlanError, match="cycle"):
         plan.always_fuse("ln_1", "ln_2")  # attention's matmuls sit between them
+    plan.always_fuse("masked_fill", "softmax")
+    with pytest.raises(PlanError, match="never_fuse.*is refused, an always_fuse rule needs those merges"):
+        plan.never_fuse("masked_fill", "amax")  # would split what the always_fuse rule joins
+    assert [str(r) for r in plan.rules] == ["always_fuse('masked_fill', 'softmax')"]
+    plan.remove_rule("always_fuse('masked_fill', 'softmax')")
     with pytest.raises(PlanError, match="names no op, module or pattern"):
         plan.never_fuse("add", "no_such_thing")
     with pytest.raises(PlanError, match="takes at least 2 names"):
