@@ -218,3 +218,18 @@ def test_every_gpt2_layer_gets_the_same_names(zoo_candidates):
     # the keys differ by the layer only
     keys = {c.key for c in cands}
     assert {"fw0:add+softmax@model.transformer.h.0.attn", "fw0:add+softmax@model.transformer.h.1.attn"} <= keys
+
+
+def test_matmul_anchor_hook_names_an_epilogue():
+    """The matmul-epilogue search (issue 12 part 1) puts a mm and its epilogue in one group;
+    the registry already names such a group, bias and all."""
+    from fusionlab.patterns import NodeView, name_group
+
+    w, b = torch.randn(32, 16), torch.randn(16)
+    cap = fl.capture(lambda x: torch.nn.functional.gelu(x @ w + b), torch.randn(8, 32), train=False)
+    g = cap.graphs[0]
+    members = [n for n in g.gm.graph.nodes if n.op == "call_function" and g.nodes[n.name].kind != "view"]
+    assert any(g.nodes[n.name].kind == "matmul" for n in members)
+    naming = name_group(members, NodeView(g.nodes, False))
+    assert naming.name == "matmul+bias+gelu"
+    assert naming.claimed[naming.anchor] == "matmul"

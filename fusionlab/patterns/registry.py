@@ -9,7 +9,8 @@ out of memory) and a matcher: ``match(node, view) -> nodes | None`` is asked at 
 Naming a candidate: every member is claimed by the first pattern (in registry order) whose
 occurrence lies inside the group; the name joins the claimed patterns in graph order.
 *Prefix* patterns ("add", "bias") are named only in front of another pattern, so a residual
-add joins "add+layer_norm" but a lone add is a "pointwise" group. A pattern with
+add joins "add+layer_norm" but a lone add is a "pointwise" group; after a matmul anchor they
+are the epilogue ("matmul+bias+gelu"). A pattern with
 ``groups=True`` (every user pattern) also shapes the search: each of its occurrences becomes
 one candidate of exactly its nodes (see :mod:`fusionlab.grouping`).
 """
@@ -186,13 +187,17 @@ def name_group(members: list[torch.fx.Node], view: NodeView) -> Naming:
     order = {n: i for i, n in enumerate(members)}
     claimed, occs = claim(members, view, inside=set(members))
     prefix = {p.name for p, _ in occs if p.prefix}
+    anchors = {p.name for p, _ in occs if p.anchor}
     first: dict[str, int] = {}
     for n, name in claimed.items():
         first[name] = min(first.get(name, len(order)), order[n])
     ranked = sorted(first, key=first.__getitem__)
     main = [c for c in ranked if c not in prefix]
     if main:
-        start = first[main[0]]
+        # prefixes count up to the first pattern that is not an anchor: "add+layer_norm", and
+        # a matmul's epilogue "matmul+bias+gelu"
+        rest = [c for c in main if c not in anchors]
+        start = first[rest[0]] if rest else len(order)
         comps = [c for c in ranked if c not in prefix or first[c] < start]
         anchor = min((n for n, c in claimed.items() if c == main[0]), key=order.__getitem__)
         return Naming("+".join(comps[:4]), claimed, anchor)
