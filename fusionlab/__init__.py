@@ -4,7 +4,8 @@ The pipeline, one stage a module, plain data between them::
 
     capture(model, *inputs)   -> Capture        forward/backward ATen graphs + node facts
     find_candidates(capture)  -> [Candidate]    groups one kernel could compute
-    FusionPlan(capture)       -> selection      select / deselect / summary
+    FusionPlan(capture)       -> selection      select / deselect / rules / summary / to_code
+    pattern("name")(example)  -> Pattern        a named fusion of your own (list_patterns())
     plan.kernels()            -> [Kernel]       readable Triton, checked against eager
     plan.compile(model)       -> fused step     torch.compile with the plan's kernels
 
@@ -15,11 +16,13 @@ from . import _env  # noqa: F401  (decides the Triton interpreter before triton 
 from .candidates import Candidate, Candidates, find_candidates
 from .capture import Capture, CaptureError, capture
 from .kernels import Kernel
+from .patterns import Pattern, PatternError, list_patterns, pattern, unregister
 from .plan import FusionPlan, PlanError
 
 __all__ = [
-    "Candidate", "Candidates", "Capture", "CaptureError", "FusionPlan", "Kernel", "PlanError",
-    "capture", "find_candidates", "load_ipython_extension", "optim", "profile", "zoo",
+    "Candidate", "Candidates", "Capture", "CaptureError", "FusionPlan", "Kernel", "Pattern", "PatternError",
+    "PlanError", "capture", "find_candidates", "list_patterns", "load_ipython_extension", "optim", "pattern",
+    "profile", "unregister", "zoo",
 ]
 __version__ = "0.1.0"
 

@@ -2,8 +2,8 @@
 
 ``plan.backend()`` is a torch.compile backend. Dynamo and AOTAutograd hand it the same
 forward and backward ATen graphs fusionlab captured; for each graph it finds the
-candidates again, keeps the ones the plan selected (matched by pattern, ops and source
-modules, so a recompile for a new batch size finds them again), generates and builds
+candidates again (under the plan's rules), keeps the ones the plan selected (matched by
+pattern, ops and source modules, so a recompile for a new batch size finds them again), generates and builds
 their kernels, checks each against the eager ops it replaces on fresh random inputs,
 and rewrites the graph so every kernel that passed is one call. Every other op runs as
 in eager. A kernel that fails to generate, build or match eager is left out and its
@@ -172,7 +172,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
             # a whole-graph executor runs every graph its way, so "nothing fused" compares alike
             return _compile_whole(executor, kind, gm, _example, [], [], ref.tag, report) if whole else None
         graph = CapturedGraph(index=ref.index, kind=kind, gm=gm, nodes=node_facts(gm))
-        cands, _ = graph_candidates(graph)
+        cands, _ = graph_candidates(graph, rules=tuple(getattr(plan, "rules", ())))
         keyed = _keyed(cands)
         chosen, refused = [], []
         for key in wanted:

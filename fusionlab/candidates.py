@@ -13,7 +13,10 @@ reshapes between them): one tiled ``tl.dot`` kernel with the group as its epilog
 The search itself (greedy growth, merges refused when a path would leave the group and
 re-enter it) lives in :mod:`fusionlab.grouping`; bytes and FLOPs in
 :mod:`fusionlab.nodecost`. This module turns the groups into named, costed Candidates and
-gives every node left out of all candidates a one-line reason.
+gives every node left out of all candidates a one-line reason. Names come from the pattern
+registry (:mod:`fusionlab.patterns`): the same structure gets the same name in every layer.
+User patterns and ``always_fuse`` rules seed groups before the search; ``never_fuse`` rules
+refuse merges (:mod:`fusionlab.rules`).
 """
 
 from __future__ import annotations
@@ -27,46 +30,14 @@ import torch.fx
 from . import ops
 from .capture import Capture, CapturedGraph
 from .epilogue import attach_matmuls, epilogue_name, is_matmul
-from .grouping import GroupFinder, aligns, node_shape
+from .grouping import GroupFinder, aligns
 from .nodecost import fmt_bytes, group_costs
+from .patterns import NodeView, name_group
+from .patterns.registry import grouping_occurrences
+from .rules import GraphRules, Rule
 
-_shape = node_shape  # the pattern names below read shapes too
 _MATMUL_OPS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default")
 __all__ = ["Candidate", "Candidates", "aligns", "find_candidates", "graph_candidates", "pattern_name"]
-
-# original_aten op -> the name a student recognises
-FRIENDLY = {
-    "_softmax": "softmax",
-    "_log_softmax": "log_softmax",
-    "native_layer_norm": "layer_norm",
-    "gelu": "gelu",
-    "silu": "silu",
-    "relu": "relu",
-    "sigmoid": "sigmoid",
-    "tanh": "tanh",
-    "_softmax_backward_data": "softmax_backward",
-    "_log_softmax_backward_data": "log_softmax_backward",
-    "native_layer_norm_backward": "layer_norm_backward",
-    "gelu_backward": "gelu_backward",
-    "silu_backward": "silu_backward",
-    "threshold_backward": "relu_backward",
-    "sigmoid_backward": "sigmoid_backward",
-    "tanh_backward": "tanh_backward",
-    "nll_loss_forward": "nll_loss",
-    "nll_loss_backward": "nll_loss_backward",
-    "_native_batch_norm_legit_functional": "batch_norm",
-    "native_batch_norm": "batch_norm",
-    "_native_batch_norm_legit_no_training": "batch_norm",
-    "native_batch_norm_backward": "batch_norm_backward",
-    "rms_norm": "rms_norm",
-    "_fused_rms_norm": "rms_norm",
-    "mse_loss": "mse_loss",
-    "cross_entropy_loss": "cross_entropy",
-    "native_dropout_backward": "dropout_backward",
-    "masked_fill": "masked_fill",
-    "where": "where",
-}
-
 
 @dataclass
 class Candidate:
@@ -85,6 +56,13 @@ class Candidate:
     bytes_fused: int  # modeled: read each group input once, write each output once
     modules: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
+    module: str = ""  # where the pattern sits: the module of its first named node ("h.0.attn")
+    node_patterns: tuple[str, ...] = ()  # the pattern claiming each member ("" for none)
+
+    @property
+    def key(self) -> str:
+        """``graph:pattern@module``: names the candidate without ordinals, across recaptures."""
+        return f"{self.graph}:{self.pattern}@{self.module}"
 
     @property
     def kind(self) -> str:
@@ -98,7 +76,7 @@ class Candidate:
 
     def matches(self, key: str) -> bool:
         """Selected by `key`: its id, its pattern, or one component of its pattern."""
-        return key == self.id or key == self.pattern or key in self.pattern.split("+")
+        return key in (self.id, self.pattern, self.key) or key in self.pattern.split("+")
 
     def __repr__(self) -> str:
         mods = f" [{', '.join(self.modules[:2])}{', ...' if len(self.modules) > 2 else ''}]" if self.modules else ""
@@ -114,11 +92,13 @@ class Candidates(list):
     ``left_out`` maps (graph tag, node name) to the reason.
     """
 
-    def __init__(self, items=(), capture=None, left_out=None):
+    def __init__(self, items=(), capture=None, left_out=None, notes=None, rules=()):
         super().__init__(items)
         self.capture = capture
         self.left_out = left_out or {}
         self.optimizer: list[Candidate] = []  # candidates of the optimizer update (fusionlab.optim)
+        self.notes: list[str] = list(notes or [])  # patterns and rules that could not be applied
+        self.rules: tuple[Rule, ...] = tuple(rules)
 
     def by_id(self, cid: str) -> Candidate:
         for c in self:
@@ -140,10 +120,11 @@ class Candidates(list):
 
     def why_not(self, limit: int = 20, views: bool = False) -> str:
         """Reasons for nodes left out of every candidate (views only when `views=True`)."""
-        lines = []
+        lines = list(self.notes)
         for (g, n), r in self.left_out.items():
             if views or not r.startswith("view "):
                 lines.append(f"{g}.{n}: {r}")
+        limit += len(self.notes)
         extra = len(lines) - limit
         return "\n".join(lines[:limit] + ([f"... {extra} more"] if extra > 0 else []))
 
@@ -163,105 +144,51 @@ class Candidates(list):
         )
 
 
-# --------------------------------------------------------------------------- naming & costs
-
-
-MODULE_NAMES = [  # substring of a module's class name -> pattern name
-    ("RMSNorm", "rms_norm"), ("LayerNorm", "layer_norm"), ("BatchNorm", "batch_norm"),
-    ("GELU", "gelu"), ("Gelu", "gelu"), ("SiLU", "silu"), ("Swish", "silu"), ("Softmax", "softmax"),
-    ("ReLU", "relu"), ("Tanh", "tanh"), ("Sigmoid", "sigmoid"), ("Rotary", "rope"),
-]
-
-
-def _module_component(module_type: str, backward: bool) -> str | None:
-    for key, name in MODULE_NAMES:
-        if key in module_type:
-            return name + ("_backward" if backward else "")
-    return None
-
-
-def _component(node: torch.fx.Node) -> tuple[str, bool]:
-    """(name, is_named) for pattern naming: the high-level op a node came from."""
-    orig = node.meta.get("original_aten")
-    base = orig.__name__.split(".")[0] if orig is not None and hasattr(orig, "__name__") else ""
-    if not base and orig is not None:
-        base = str(orig).split(".")[1] if "." in str(orig) else str(orig)
-    own = ops.op_name(node).split(".")[1] if "." in ops.op_name(node) else ops.op_name(node)
-    if base in FRIENDLY and base != own:
-        return FRIENDLY[base], True
-    if own in ("relu", "sigmoid", "tanh", "threshold_backward", "where", "masked_fill"):
-        return FRIENDLY.get(own, own), own not in ("where",)
-    if own == "add" and any(
-        isinstance(a, torch.fx.Node) and (_shape(a) or ()) and len(_shape(a)) == 1 and _shape(node) and len(_shape(node)) > 1
-        for a in node.args
-    ):
-        return "bias", False
-    return own, False
-
-
-def _is_rms_norm(members: list[torch.fx.Node]) -> bool:
-    names = [ops.op_name(m) for m in members]
-    if "aten.rsqrt.default" not in names:
-        return False
-    for m in members:
-        if m.target in (ops.aten.mean.dim,) and isinstance(m.args[0], torch.fx.Node):
-            src = m.args[0]
-            if src.target is ops.aten.pow.Tensor_Scalar and src.args[1] == 2:
-                return True
-            if src.target is ops.aten.mul.Tensor and len(set(src.args)) == 1:
-                return True
-    return False
+# --------------------------------------------------------------------------- naming
 
 
 def pattern_name(members: list[torch.fx.Node], backward: bool, facts: dict | None = None) -> str:
-    comps: list[str] = []
-    named = False
-    for m in members:
-        if m.op != "call_function" or m.target.__class__.__name__ == "builtin_function_or_method":
-            continue
-        name, is_named = _component(m)
-        if not is_named and facts is not None and m.name in facts and facts[m.name].module:
-            # named after the (non-root) module it came from: RMSNorm, NewGELUActivation ...
-            by_module = _module_component(facts[m.name].module_type, backward)
-            if by_module:
-                name, is_named = by_module, True
-        named |= is_named
-        if name not in comps:
-            comps.append(name)
-    if _is_rms_norm(members) and "rms_norm" not in comps:  # not when RMSNorm's module named it already
-        at = comps.index("pow") if "pow" in comps else comps.index("mean") if "mean" in comps else 0
-        comps.insert(at, "rms_norm")
-        named = True
-    if named:
-        keep = []
-        first_named = next((i for i, c in enumerate(comps) if _is_named(c)), 0)
-        for i, c in enumerate(comps):
-            if _is_named(c) or (i < first_named and c in ("add", "bias")):
-                keep.append(c)
-        return "+".join(keep[:4])
-    if comps and all(c in ("clone", "_to_copy", "copy", "convert_element_type") for c in comps):
-        return "copy"
-    kind = "reduction" if any(ops.kind_of(m) == "reduction" for m in members) else "pointwise"
-    return kind
+    """The registry's name for a group of nodes (members in graph order)."""
+    return name_group(members, NodeView(facts or {}, backward)).name
 
 
-_NAMED = set(FRIENDLY.values()) | {n for _, n in MODULE_NAMES} | {"rms_norm"}
+class LeftOut(dict):
+    """(graph, node) -> why the node is in no candidate; ``notes``: patterns and rules not applied."""
 
-
-def _is_named(c: str) -> bool:
-    return c in _NAMED or c.removesuffix("_backward") in _NAMED
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.notes: list[str] = []
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[Candidate], dict]:
-    """Candidates of one captured graph and reasons for the nodes left out."""
-    finder = GroupFinder(graph)
+def graph_candidates(graph: CapturedGraph, min_kernels: int = 2, rules=()) -> tuple[list[Candidate], LeftOut]:
+    """Candidates of one captured graph and reasons for the nodes left out.
+
+    User patterns (``groups=True``) seed one group per occurrence, then ``always_fuse``
+    rules seed theirs; ``never_fuse`` rules refuse merges. What could not be applied is in
+    ``left_out.notes``.
+    """
+    view = NodeView(graph.nodes, graph.kind == "backward")
+    nodes = list(graph.gm.graph.nodes)
+    grules = GraphRules(graph, view, rules) if rules else None
+    finder = GroupFinder(graph, forbid=grules.forbid if grules else None)
+    left_out = LeftOut()
+    for p, occ in grouping_occurrences(nodes, view):
+        why = finder.seed(occ, f"pattern {p.name!r}", seal=True)
+        if why:
+            left_out.notes.append(f"{graph.tag}: pattern {p.name!r} matched at {occ[-1].name} but cannot be "
+                                  f"one kernel there: {why}")
+    for r in rules:
+        if r.kind == "always":
+            named = grules.always_nodes(r)
+            why = finder.seed(named, str(r)) if named else None
+            if why:
+                left_out.notes.append(f"{graph.tag}: {r} refused: {why}")
     groups = attach_matmuls(graph, finder, finder.run())  # mm/addmm/bmm join their pointwise epilogue
     counts: dict[str, int] = {}
     result = []
-    left_out: dict[tuple[str, str], str] = {}
     in_group: set = set()
     for g in groups:
         members = g.members
@@ -284,8 +211,10 @@ def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[C
         outputs = [m for m in members if any(u not in mset for u in m.users)]
         # a multi-output reduction is stored through its getitems
         outputs = [o for o in outputs if finder.kind[o] != "reduction" or not _is_multi(o)]
-        backward = graph.kind == "backward"
-        pattern = (epilogue_name if any(is_matmul(m) for m in members) else pattern_name)(members, backward, graph.nodes)
+        naming = name_group(members, view)
+        pattern = naming.name
+        if any(is_matmul(m) for m in members):
+            pattern = naming.name = epilogue_name(members, view)
         k = counts.get(pattern, 0)
         counts[pattern] = k + 1
         kernels_unfused, bu, bf = group_costs(members, inputs, outputs)
@@ -309,6 +238,8 @@ def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[C
                 bytes_fused=bf,
                 modules=tuple(mods),
                 ops=tuple(dict.fromkeys(ops.op_name(m) for m in members)),
+                module=_home(members, naming, graph),
+                node_patterns=tuple(naming.claimed.get(m, "") for m in members),
             )
         )
     for n, why in finder.reason.items():
@@ -317,23 +248,34 @@ def graph_candidates(graph: CapturedGraph, min_kernels: int = 2) -> tuple[list[C
     return result, left_out
 
 
+def _home(members, naming, graph: CapturedGraph) -> str:
+    """The module a candidate sits in: its first named node's, else its most common one."""
+    if naming.anchor is not None and graph.nodes[naming.anchor.name].module:
+        return graph.nodes[naming.anchor.name].module
+    mods = [graph.nodes[m.name].module for m in members if graph.nodes[m.name].module]
+    return max(dict.fromkeys(mods), key=mods.count) if mods else ""
+
+
 def _is_multi(node: torch.fx.Node) -> bool:
     return isinstance(node.meta.get("val"), (list, tuple))
 
 
-def find_candidates(capture: Capture) -> Candidates:
-    """Fusion candidates in every graph of `capture`, forward and backward."""
+def find_candidates(capture: Capture, rules=()) -> Candidates:
+    """Fusion candidates in every graph of `capture`, forward and backward (under `rules`:
+    the Rules of a plan, see :meth:`fusionlab.FusionPlan.never_fuse`)."""
     if not isinstance(capture, Capture):
         raise TypeError(
             f"find_candidates takes the Capture returned by fusionlab.capture(...), got {type(capture).__name__}"
         )
     found = []
     left_out: dict = {}
+    notes: list[str] = []
     for g in capture.graphs:
-        cands, why = graph_candidates(g)
+        cands, why = graph_candidates(g, rules=rules)
         found += cands
         left_out.update(why)
-    cands = Candidates(found, capture=capture, left_out=left_out)
+        notes += why.notes
+    cands = Candidates(found, capture=capture, left_out=left_out, notes=notes, rules=rules)
     if capture.optimizer is not None:  # opt0: kept apart, the plan selects forward/backward groups
         from .optim.candidates import optimizer_candidates
 

@@ -264,17 +264,18 @@ def _component(m: torch.fx.Node, members, out_shape) -> str | None:
     return {"threshold_backward": "relu_backward"}.get(name, name)
 
 
-def epilogue_name(members: list[torch.fx.Node], backward: bool, facts: dict | None = None) -> str:
+def epilogue_name(members: list[torch.fx.Node], view) -> str:
     """"matmul+bias+gelu", "bmm+scale", "matmul+gelu_backward", "matmul+residual", ...:
     the matmul, then what its epilogue does, in the order a student reads it. An activation
     the ATen graph spells out op by op (gelu's tanh form) goes by its name, as in every
-    other candidate's name."""
-    from .candidates import pattern_name  # the names every pointwise candidate gets
+    other candidate's name (the pattern registry's, through ``view``, a
+    :class:`fusionlab.patterns.NodeView`)."""
+    from .patterns import name_group  # the names every pointwise candidate gets
 
     mm = next(m for m in members if is_matmul(m))
     comps = [MATMULS[mm.target]] + (["bias"] if mm.target is aten.addmm.default else [])
     rest = [m for m in members if m.op == "call_function" and ops.kind_of(m) == "pointwise"]
-    named = [c for c in (pattern_name(rest, backward, facts) if rest else "").split("+")
+    named = [c for c in (name_group(rest, view).name if rest else "").split("+")
              if c.removesuffix("_backward") in _ACTIVATIONS or c in ("masked_fill", "where")]
     each = [c for c in (_component(m, set(members), node_shape(mm)) for m in rest) if c]
     if named:  # the activation (gelu's tanh form names its tanh too: part of the gelu)

@@ -5,6 +5,10 @@ siblings that reduce the same rows of a shared input. A merge is refused, with a
 when the members do not share one iteration domain or when a path would leave the group
 and re-enter it (that group could not be one kernel). :mod:`fusionlab.candidates` turns
 the groups into named, costed Candidates.
+
+Before the greedy growth, :meth:`GroupFinder.seed` makes chosen node sets one group each:
+a user pattern's occurrences (kept exactly as matched, *sealed*) and the nodes an
+``always_fuse`` rule names. ``forbid(a, b)`` (a ``never_fuse`` rule) refuses merges.
 """
 
 from __future__ import annotations
@@ -63,8 +67,10 @@ def _node_domain(node: torch.fx.Node, kind: str):
 
 
 class GroupFinder:
-    def __init__(self, graph: CapturedGraph):
+    def __init__(self, graph: CapturedGraph, forbid=None):
         self.graph = graph
+        self.forbid = forbid  # forbid(members_a, members_b) -> reason | None
+        self.sealed: dict[int, str] = {}  # id(group) -> why it keeps exactly its nodes
         self.nodes = list(graph.gm.graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.kind = {n: graph.nodes[n.name].kind for n in self.nodes}
@@ -147,18 +153,55 @@ class GroupFinder:
             node = node.all_input_nodes[0]
         return node
 
+    def seed(self, nodes: list, label: str, seal: bool = False) -> str | None:
+        """Make `nodes` one group (the reason when they cannot be one kernel, nothing changed)."""
+        groups: list[Group] = []
+        for n in nodes:
+            g = self.group.get(n)
+            if g is None:
+                return f"{n.name} ({ops.op_name(n)}) is not fusable: {self.reason.get(n, 'not a kernel op')}"
+            if id(g) in self.sealed and not set(nodes) >= set(g.members):
+                return f"{n.name} is already in {self.sealed[id(g)]}"
+            if all(g is not h for h in groups):
+                groups.append(g)
+        acc = Group(list(groups[0].members), groups[0].domain, groups[0].rdims)
+        for g in groups[1:]:
+            dom = self._merged_domain(acc, g)
+            if isinstance(dom, str):
+                return f"two iteration domains: {dom}"
+            if merge_creates_cycle(acc.members, g.members, self.index):
+                return "a cycle: a path leaves the nodes and comes back, so one kernel cannot hold them"
+            why = self.forbid(acc.members, g.members) if self.forbid else None
+            if why:
+                return why
+            acc = Group(acc.members + g.members, *dom)
+        for g in groups[1:]:
+            self._merge(groups[0], g, self._merged_domain(groups[0], g))
+        if seal:
+            self.sealed[id(groups[0])] = label
+        return None
+
+    def _merge(self, a: Group, b: Group, dom) -> None:
+        a.members.extend(b.members)
+        a.domain, a.rdims = dom
+        for m in b.members:
+            self.group[m] = a
+
     def try_merge(self, a: Group, b: Group) -> str | None:
         if a is b:
             return None
+        for g in (a, b):
+            if id(g) in self.sealed:
+                return f"kept apart: {self.sealed[id(g)]} is one candidate of exactly its nodes"
         dom = self._merged_domain(a, b)
         if isinstance(dom, str):
             return dom
         if merge_creates_cycle(a.members, b.members, self.index):
             return "fusing would create a cycle (a path leaves the group and comes back)"
-        a.members.extend(b.members)
-        a.domain, a.rdims = dom
-        for m in b.members:
-            self.group[m] = a
+        why = self.forbid(a.members, b.members) if self.forbid else None
+        if why:
+            return why
+        self._merge(a, b, dom)
         return None
 
     def run(self) -> list[Group]:

@@ -5,6 +5,13 @@ candidate ids ("fw0.softmax.0"), pattern names ("softmax", matching every candid
 pattern has that component) or Candidate objects. A selection is refused, and the plan
 left as it was, when it names nothing, or when the selected groups together would form a
 cycle (group A feeds group B which feeds A: no order of kernel launches exists).
+``"fw0:softmax@h.0.attn"`` (``Candidate.key``: graph, pattern, module) selects without
+ordinals; ``"...#1"`` picks the second of several candidates with one key.
+
+Rules (:mod:`fusionlab.rules`) are kept with the plan: ``never_fuse(a, b)`` and
+``always_fuse(a, b, ...)`` find the candidates again under the rules (selections whose
+nodes are unchanged stay selected), ``select_all`` says in ``skipped`` which candidates a
+rule split, and ``to_code()`` writes the plan as a snippet that rebuilds it on a recapture.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from .capture import Capture
 from .cost import step_kernels
 from .fxgraph import contracted_cycle
 from .nodecost import fmt_bytes
+from .rules import Rule, made_by_always, named_anywhere, split_by_rules
 
 
 class PlanError(ValueError):
@@ -37,6 +45,8 @@ class PlanSummary:
     candidates: int
     per_graph: dict  # tag -> (kernels before, after, bytes before, after)
     matmul_epilogues: int = 0  # matmul kernels after the plan that apply a fused epilogue
+    rules: tuple = ()  # "never_fuse('add', 'layer_norm')", ...
+    skipped: tuple = ()  # (candidate id, why) left out or split by select_all
 
     @property
     def nonmatmul_before(self) -> int:
@@ -57,6 +67,8 @@ class PlanSummary:
         ]
         for tag, (kb, ka, bb, ba) in self.per_graph.items():
             lines.append(f"  {tag:5} kernels {kb:4d} -> {ka:4d}   bytes {fmt_bytes(bb):>10} -> {fmt_bytes(ba):>10}")
+        lines += [f"rule: {r}" for r in self.rules]
+        lines += [f"skipped {cid}: {why}" for cid, why in self.skipped]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -77,7 +89,9 @@ class FusionPlan:
         self.candidates = candidates if candidates is not None else find_candidates(capture)
         self._by_id = {c.id: c for c in self.candidates}
         self._selected: dict[str, Candidate] = {}
-        self.skipped: list[tuple[str, str]] = []  # (id, why) left out by select_all
+        self.skipped: list[tuple[str, str]] = []  # (id, why) left out or split by select_all
+        self.rules: list[Rule] = list(getattr(self.candidates, "rules", ()))
+        self._plain = self.candidates if not self.rules else None  # candidates found without rules
         self._owner: dict[tuple[str, str], str] = {}  # (graph, node) -> candidate id
         self._users = {
             g.tag: {n.name: [u.name for u in n.users] for n in g.gm.graph.nodes} for g in capture.graphs
@@ -96,7 +110,12 @@ class FusionPlan:
                     raise PlanError(f"candidate {key.id} does not belong to this plan's capture")
                 found = [self._by_id[key.id]]
             elif isinstance(key, str):
-                found = [c for c in self.candidates if c.matches(key)]
+                base, _, nth = key.rpartition("#") if "@" in key and "#" in key else (key, "", "")
+                found = [c for c in self.candidates if c.matches(base)]
+                if nth:
+                    if not nth.isdigit() or int(nth) >= len(found):
+                        raise PlanError(f"{key!r}: {len(found)} candidate(s) have the key {base!r}")
+                    found = [found[int(nth)]]
                 if not found:
                     patterns = sorted({c.pattern for c in self.candidates})
                     raise PlanError(
@@ -130,21 +149,25 @@ class FusionPlan:
         return self
 
     def select_all(self) -> FusionPlan:
-        """Select every candidate; one that would close a cycle with those before it is skipped
-        (``plan.skipped`` says which)."""
+        """Select every candidate; one that would close a cycle with those before it is skipped,
+        and a candidate a ``never_fuse`` rule split is named (``plan.skipped`` says which and why).
+        Candidates an ``always_fuse`` rule made are taken first."""
+        first = [c for c in self.candidates if self._made_by_always(c)]
+        order = first + [c for c in self.candidates if c not in first]
         try:
-            self._commit({c.id: c for c in self.candidates})
+            self._commit({c.id: c for c in order})
             self.skipped = []
         except PlanError:
             chosen: dict[str, Candidate] = {}
             self.skipped = []
-            for c in self.candidates:
+            for c in order:
                 try:
                     self._commit({**chosen, c.id: c})
                     chosen[c.id] = c
                 except PlanError as e:
                     self.skipped.append((c.id, str(e)))
             self._commit(chosen)
+        self.skipped = self._split_by_rules() + self.skipped
         return self
 
     def select_like_inductor(self, decisions=None) -> FusionPlan:
@@ -203,6 +226,102 @@ class FusionPlan:
         ids = set(mine.values())
         return sorted(v for v in cycle if v in ids)
 
+    # ------------------------------------------------------------------ rules
+
+    def never_fuse(self, a: str, b: str) -> FusionPlan:
+        """Never put a node named by `a` and one named by `b` in one kernel (ops, module paths
+        or pattern names; see :mod:`fusionlab.rules`). Candidates holding both are split."""
+        return self._add_rule(Rule("never", self._selectors("never_fuse", (a, b), exactly=2)))
+
+    def always_fuse(self, *names: str) -> FusionPlan:
+        """The nodes `names` name in a graph go in one candidate, or the rule is refused (PlanError)
+        with the reason: two iteration domains, a cycle, an op no kernel fuses."""
+        return self._add_rule(Rule("always", self._selectors("always_fuse", names)))
+
+    def remove_rule(self, rule: Rule | str) -> FusionPlan:
+        """Drop a rule (the Rule or its text, ``"never_fuse('add', 'gelu')"``)."""
+        keep = [r for r in self.rules if r != rule and str(r) != rule]
+        if len(keep) == len(self.rules):
+            raise PlanError(f"no rule {rule}; rules: {', '.join(map(str, self.rules)) or 'none'}")
+        self._set_rules(keep)
+        return self
+
+    def _selectors(self, what: str, names: tuple, exactly: int | None = None) -> tuple[str, ...]:
+        if (exactly and len(names) != exactly) or len(names) < 2:
+            raise PlanError(f"{what} takes {exactly or 'at least 2'} names (ops, module paths or patterns), "
+                            f"got {len(names)}")
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise PlanError(f"{what}: name ops, module paths or patterns with strings, not {n!r}")
+            if not named_anywhere(self.capture, n):
+                raise PlanError(f"{what}: {n!r} names no op, module or pattern in {self.capture.model_name}'s graphs")
+        return tuple(names)
+
+    def _add_rule(self, rule: Rule) -> FusionPlan:
+        if rule in self.rules:
+            return self
+        rules = self.rules + [rule]
+        cands = find_candidates(self.capture, rules=tuple(rules))
+        refused = [n for n in cands.notes if any(f"{r} refused" in n for r in rules if r.kind == "always")]
+        if refused:  # a new always_fuse rule, or a never_fuse rule an always_fuse rule cannot live with
+            others = [str(r) for r in self.rules]
+            head = "" if rule.kind == "always" else f"{rule} is refused, an always_fuse rule needs those merges: "
+            raise PlanError(head + "; ".join(refused) + (f" (rules in force: {', '.join(others)})" if others else ""))
+        if rule.kind == "always" and not any(self._made_by_always(c, [rule]) for c in cands):
+            raise PlanError(f"{rule} refused: its names never meet in one graph (each graph lacks one of them)")
+        self._set_rules(rules, cands)
+        return self
+
+    def _set_rules(self, rules: list[Rule], cands: Candidates | None = None) -> None:
+        if self._plain is None:
+            self._plain = find_candidates(self.capture)
+        if cands is None:
+            cands = find_candidates(self.capture, rules=tuple(rules)) if rules else self._plain
+        old = {(c.graph, c.nodes) for c in self.selected}
+        self.rules = list(rules)
+        self.candidates = cands
+        self._by_id = {c.id: c for c in cands}
+        self._commit({c.id: c for c in cands if (c.graph, c.nodes) in old})
+        self.skipped = []
+
+    def _made_by_always(self, c: Candidate, rules: list[Rule] | None = None) -> bool:
+        return made_by_always(self.capture, c, self.rules if rules is None else rules)
+
+    def _split_by_rules(self) -> list[tuple[str, str]]:
+        return split_by_rules(self._plain, self.candidates, self.rules) if self._plain is not None else []
+
+    # ------------------------------------------------------------------ code
+
+    def to_code(self, var: str = "plan", capture: str = "capture") -> str:
+        """A Python snippet that rebuilds this plan (rules, then selection) on a fresh capture named
+        `capture`, by pattern and module path (``Candidate.key``), so it also fits new shapes."""
+        from .patterns import list_patterns
+
+        lines = [f"# fusionlab plan for {self.capture.model_name}: {len(self._selected)} of "
+                 f"{len(self.candidates)} candidates selected (written by plan.to_code())"]
+        users = sorted({p.name for p in list_patterns(user_only=True)}
+                       & {n for c in self.candidates for n in c.node_patterns})
+        if users:
+            lines.append(f"# uses user patterns {', '.join(users)}: run their @fusionlab.pattern cells first")
+        lines += ["import fusionlab as fl", "", f"{var} = fl.FusionPlan({capture})"]
+        lines += [r.code(var) for r in self.rules]
+        if self._selected and self._selected_is_select_all():
+            lines.append(f"{var}.select_all()")
+        elif self._selected:
+            keys = []
+            for c in self.selected:
+                same = [d for d in self.candidates if d.key == c.key]
+                key = c.key if all(d.id in self._selected for d in same) else f"{c.key}#{same.index(c)}"
+                if key not in keys:
+                    keys.append(key)
+            lines.append(f"{var}.select(\n" + "".join(f"    {k!r},\n" for k in keys) + ")")
+        return "\n".join(lines) + "\n"
+
+    def _selected_is_select_all(self) -> bool:
+        other = FusionPlan(self.capture, self.candidates)
+        other._plain = self._plain
+        return set(other.select_all()._selected) == set(self._selected)
+
     # ------------------------------------------------------------------ summary
 
     def summary(self) -> PlanSummary:
@@ -216,7 +335,8 @@ class FusionPlan:
             ka, ba = a_graph.get(g.tag, (0, 0))
             per_graph[g.tag] = (kb, ka, bb, ba)
         return PlanSummary(before.launches, after.launches, before.matmul_launches, before.bytes, after.bytes,
-                           len(self._selected), len(self.candidates), per_graph, after.epilogue_launches)
+                           len(self._selected), len(self.candidates), per_graph, after.epilogue_launches,
+                           tuple(str(r) for r in self.rules), tuple(self.skipped))
 
     # ------------------------------------------------------------------ later stages
 
@@ -251,6 +371,7 @@ class FusionPlan:
         for c in self.candidates:
             mark = "x" if c.id in self._selected else " "
             lines.append(f"  [{mark}] {c.id:34} {c.kernels_unfused:3d}->1  saves {fmt_bytes(c.bytes_saved)}")
+        lines += [f"  rule: {r}" for r in self.rules]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
