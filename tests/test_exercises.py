@@ -114,8 +114,9 @@ def test_best_backward_candidate(zoo_candidates):
 def test_matmul_nodes(zoo_capture, zoo_candidates):
     cap, cands = zoo_capture("gpt2-block"), zoo_candidates("gpt2-block")
     fw = cap.graph("fw0")
-    mms = [i.name for i in fw.kernel_nodes() if i.kind == "matmul"]
-    assert mms
+    mms = [i.name for i in fw.kernel_nodes() if i.kind == "matmul" and ("fw0", i.name) in cands.left_out]
+    fused = [i.name for i in fw.kernel_nodes() if i.kind == "matmul" and ("fw0", i.name) not in cands.left_out]
+    assert mms and fused  # c_fc's addmm sits in its gelu's candidate (a matmul epilogue)
     assert ex.matmul_nodes(mms, cands)
     fb = ex.matmul_nodes(mms[:-1], cands)
     assert not fb and "missing" in fb.message
@@ -123,6 +124,8 @@ def test_matmul_nodes(zoo_capture, zoo_candidates):
     fb = ex.matmul_nodes([*mms, view], cands)
     assert not fb and view in fb.message
     assert not ex.matmul_nodes("addmm", cands)
+    fb = ex.matmul_nodes([*mms, *fused], cands)  # the fused matmul is not left out
+    assert not fb and fused[0] in fb.message and "candidate" in fb.message
 
 
 # --------------------------------------------------------------------------- notebook 3

@@ -70,7 +70,8 @@ def best_backward_candidate(answer, candidates) -> Feedback:
 
 
 def matmul_nodes(answer, candidates, graph: str = "fw0") -> Feedback:
-    """2.3: the names of the nodes of `graph` left out of every candidate because they are matmuls."""
+    """2.3: the names of the matmul nodes of `graph` left out of every candidate (a matmul with a
+    pointwise epilogue is in that epilogue's candidate, so it is not one of them)."""
     name = f"2.3 matmuls in {graph}"
     ref = {n for (g, n), r in candidates.left_out.items() if g == graph and r.startswith("matmul")}
     if is_unanswered(answer):
@@ -81,7 +82,7 @@ def matmul_nodes(answer, candidates, graph: str = "fw0") -> Feedback:
     got = {str(a).removeprefix(f"{graph}.") for a in answer}
     if got == ref:
         return right(name, f"{len(ref)} matmuls ({', '.join(sorted(ref))}): they run as library kernels "
-                           "(cuBLAS on a GPU), which fusionlab leaves alone")
+                           "(cuBLAS on a GPU); why_not() says why each has no epilogue to fuse")
     extra, missing = sorted(got - ref), sorted(ref - got)
     parts = []
     if extra:
