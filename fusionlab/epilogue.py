@@ -182,6 +182,13 @@ def _epilogue_for(spec: MatmulSpec, finder: GroupFinder, group_of: dict, taken: 
         if id(g) in taken:
             reasons.append("the pointwise group reading it already reads another matmul's result")
             continue
+        if id(g) in finder.sealed:  # a user pattern's occurrence keeps exactly its nodes
+            reasons.append(f"the ops reading it are {finder.sealed[id(g)]}, one candidate of exactly its nodes")
+            continue
+        why = finder.forbid([spec.node], g.members) if finder.forbid else None
+        if why:  # a never_fuse rule
+            reasons.append(why)
+            continue
         read = [r for r in chain if any(u in mset for u in r.users)]
         if any(tuple(node_shape(r) or ()) != tuple(g.domain) for r in read):
             reasons.append(f"the ops reading it iterate over {list(g.domain)}, not over its result")

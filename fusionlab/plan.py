@@ -295,27 +295,9 @@ class FusionPlan:
     def to_code(self, var: str = "plan", capture: str = "capture") -> str:
         """A Python snippet that rebuilds this plan (rules, then selection) on a fresh capture named
         `capture`, by pattern and module path (``Candidate.key``), so it also fits new shapes."""
-        from .patterns import list_patterns
+        from .plan_code import plan_code
 
-        lines = [f"# fusionlab plan for {self.capture.model_name}: {len(self._selected)} of "
-                 f"{len(self.candidates)} candidates selected (written by plan.to_code())"]
-        users = sorted({p.name for p in list_patterns(user_only=True)}
-                       & {n for c in self.candidates for n in c.node_patterns})
-        if users:
-            lines.append(f"# uses user patterns {', '.join(users)}: run their @fusionlab.pattern cells first")
-        lines += ["import fusionlab as fl", "", f"{var} = fl.FusionPlan({capture})"]
-        lines += [r.code(var) for r in self.rules]
-        if self._selected and self._selected_is_select_all():
-            lines.append(f"{var}.select_all()")
-        elif self._selected:
-            keys = []
-            for c in self.selected:
-                same = [d for d in self.candidates if d.key == c.key]
-                key = c.key if all(d.id in self._selected for d in same) else f"{c.key}#{same.index(c)}"
-                if key not in keys:
-                    keys.append(key)
-            lines.append(f"{var}.select(\n" + "".join(f"    {k!r},\n" for k in keys) + ")")
-        return "\n".join(lines) + "\n"
+        return plan_code(self, var, capture, select_all=bool(self._selected) and self._selected_is_select_all())
 
     def _selected_is_select_all(self) -> bool:
         other = FusionPlan(self.capture, self.candidates)

@@ -108,7 +108,10 @@ def component(node: torch.fx.Node, view: NodeView) -> str | None:
     found = None
     if view.module(node):  # first: the tanh inside NewGELUActivation (and its gradient) is gelu's
         mtype = view.module_type(node)
-        found = next((n + ("_backward" if view.backward else "") for k, n in MODULE_NAMES if k in mtype), None)
+        named = {n for k, n in MODULE_NAMES if k in mtype}
+        # a class that names one component names its nodes; one naming two ("RMSNormSiLU")
+        # leaves each node to its own decomposition or structure
+        found = next(iter(named)) + ("_backward" if view.backward else "") if len(named) == 1 else None
     if found is None and base in FRIENDLY and base != own:
         found = FRIENDLY[base]
     if found is None:
