@@ -11,6 +11,12 @@ and then every view re-reads the plan:
   ``focus_candidate`` -> the kernel pane shows that candidate's Triton source with the
   node's line marked, and the model source line the node came from
 - ``ex.expand(module)`` opens a module box in the graph.
+- the loop line (under the buttons): after each change, the step *modeled* on the chosen
+  GPU at once, and the *measured* verdict (device, executor) when a re-profile arrives; the
+  previous measurement is marked stale meanwhile (``_profile_pane``).
+- checks, compiles for a GPU target and profiles run in the background inside a kernel,
+  each with a progress bar and the time it took (``_tasks``); ``ex.wait()`` waits for them.
+- ``ex.to_html(path)``: the explorer as one standalone page (``_snapshot``).
 
 A refused selection (PlanError) and any error in a callback are shown in the message line
 (and the graph's), never raised into the notebook; the checkboxes go back to the plan.
@@ -90,6 +96,7 @@ class Explorer:
         self.select_all_button.on_click(self._guard(lambda _b: self._apply(self.plan.select_all, "selected all")))
         self.clear_button.on_click(self._guard(lambda _b: self._apply(self.plan.clear, "cleared the selection")))
         self.message = w.HTML()
+        self.loop = w.HTML()
         self.table = self._table()
 
         # summary (modeled): charts drawn while their tab shows (plotly sizes itself then)
@@ -112,7 +119,9 @@ class Explorer:
 
         buttons = w.HBox([self.select_all_button, self.clear_button, self.message])
         panes = w.HBox([self.graph, self.kernel_pane.box], layout=w.Layout(width="100%"))
-        self.ui = w.VBox([self.header, buttons, self.table, panes, self.tabs],
+        # the profile's status line is shown here too (two views of one widget)
+        self.ui = w.VBox([self.header, buttons, self.loop, self.profile_pane.task.status, self.table,
+                          panes, self.tabs],
                          layout=w.Layout(width="100%"))
 
     def _table(self):
@@ -220,10 +229,17 @@ class Explorer:
                 self.graph.refresh()
             finally:
                 self._syncing = False
-        self.summary_html.value = _html.summary_html(self.plan.summary()) + self._modeled_time_html()
+        self._modeled = self.modeled_time_html()
+        self.summary_html.value = _html.summary_html(self.plan.summary()) + self._modeled
+        self.profile_pane.plan_changed()
+        self.update_loop()
         self._charts_stale = True
         self._charts()
         self.kernel_pane.info()
+
+    def update_loop(self) -> None:
+        """The loop line: modeled step now, measured verdict when it arrives (or stale)."""
+        self.loop.value = self.profile_pane.loop_html(self._modeled)
 
     # ------------------------------------------------------------------ graph -> explorer
 
@@ -284,13 +300,13 @@ class Explorer:
 
     # ------------------------------------------------------------------ summary charts
 
-    def _modeled_time_html(self) -> str:
+    def modeled_time_html(self) -> str:
         """One line: the step modeled on the chosen GPU's spec (fusionlab.cost)."""
         from ..cost import roofline
 
         before = roofline(self.plan, self.gpu.value, fused=False)
         after = roofline(self.plan, self.gpu.value, fused=True)
-        return (f"<div style='font-size:13px'>Step time <b>{html.escape(before.label)}</b>: "
+        return (f"<div style='font-size:13px' data-role='modeled'>Step time <b>{html.escape(before.label)}</b>: "
                 f"{before.ms:.3f} ms &rarr; {after.ms:.3f} ms ({before.launches} &rarr; "
                 f"{after.launches} launches; roofline per kernel plus launch overhead)</div>")
 
@@ -358,6 +374,31 @@ class Explorer:
     @property
     def profile_result(self):
         return self.profile_pane.result
+
+    def inspect(self, cid: str | None = None, target: str = "sm_90"):
+        """Compile `cid`'s kernel (default: the focused one) for a GPU target, as the pane's
+        button does; returns the CompileReport (registers, spills, PTX, SASS)."""
+        if cid is not None and cid != self.kernel_pane.cid:
+            self.focus(cid)
+        self.kernel_pane.inspector.target.value = target
+        return self.kernel_pane.inspector.inspect(cid, target)
+
+    def export(self, folder: str = "fusionlab_kernels") -> list:
+        """Write the selected kernels (or the focused one) as standalone modules into `folder`."""
+        return self.kernel_pane.inspector.export(folder)
+
+    def wait(self, timeout: float | None = None) -> Explorer:
+        """Until the background checks, compiles and profiles have ended."""
+        for task in (self.kernel_pane.task, self.kernel_pane.inspector.task, self.profile_pane.task):
+            task.wait(timeout)
+        return self
+
+    def to_html(self, path) -> str:
+        """Write the explorer as one standalone HTML page: the graph (drawn, pannable and
+        clickable offline), the plan, every kernel, the profile if one ran. Returns the path."""
+        from ._snapshot import write_snapshot
+
+        return write_snapshot(self, path)
 
     # ------------------------------------------------------------------ display
 
