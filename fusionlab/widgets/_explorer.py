@@ -28,14 +28,11 @@ import html
 
 from .. import _env
 from ..gpus import GPUS
-from ..nodecost import fmt_bytes
 from ..plan import FusionPlan, PlanError
 from . import _html
+from ._candidate_list import candidate_table
 from ._kernel_pane import KernelPane
 from ._profile_pane import ProfilePane
-
-TABLE_COLUMNS = "28px minmax(160px, 2fr) 64px 150px minmax(0, 1fr)"
-ELLIPSIS = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:12px"
 
 
 def _in_kernel() -> bool:
@@ -125,36 +122,12 @@ class Explorer:
                          layout=w.Layout(width="100%"))
 
     def _table(self):
-        """One line per candidate: checkbox (in the plan), id (click: focus), kernels, saves,
-        modules. Long text is cut with an ellipsis; the whole of it is in the tooltip."""
-        w = self._w
-        cells = [w.HTML(f"<b>{h}</b>") for h in ("", "candidate (click: show)", "kernels",
-                                                  "saves (modeled)", "modules")]
-        self.checkboxes: dict = {}
-        self.focus_buttons: dict = {}
-        for c in self.plan.candidates:
-            cb = w.Checkbox(value=self.plan.is_selected(c.id), indent=False,
-                            layout=w.Layout(width="24px"))
-            cb.observe(self._guard(lambda change, cid=c.id: self._on_toggle(cid, change)), names="value")
-            zero = _html.zero_saving_reason(c)
-            tip = f"{c.id}: {c.pattern}, {len(c.nodes)} nodes in {', '.join(c.modules)}"
-            btn = w.Button(description=c.id, tooltip=tip + (f"\n{zero}" if zero else ""),
-                           layout=w.Layout(width="100%", height="24px", margin="0"))
-            btn.style.font_family = "monospace"
-            btn.style.button_color = "#f9fafb"
-            btn.on_click(self._guard(lambda _b, cid=c.id: self.focus(cid)))
-            self.checkboxes[c.id] = cb
-            self.focus_buttons[c.id] = btn
-            saves = (f"<div style='{ELLIPSIS}' title='{html.escape(zero, quote=True)}'>0 B "
-                     "<i>(launches only)</i></div>") if zero else fmt_bytes(c.bytes_saved)
-            mods = ", ".join(c.modules)
-            cells += [cb, btn, w.HTML(f"{c.kernels_unfused} &rarr; 1"), w.HTML(saves),
-                      w.HTML(f"<div style='{ELLIPSIS}' title='{html.escape(mods, quote=True)}'>"
-                             f"{html.escape(mods)}</div>", layout=w.Layout(min_width="0", overflow="hidden"))]
-        return w.GridBox(cells, layout=w.Layout(
-            grid_template_columns=TABLE_COLUMNS, grid_gap="1px 8px", align_items="center",
-            grid_auto_rows="26px", max_height="290px", overflow="auto",
-            border="1px solid #e5e7eb", padding="4px"))
+        """One line per candidate (``_candidate_list``): checkbox (in the plan), id (click:
+        focus), kernels, saves, modules."""
+        grid, self.checkboxes, self.focus_buttons = candidate_table(
+            self.plan, on_toggle=lambda cid: self._guard(lambda change: self._on_toggle(cid, change)),
+            on_focus=lambda cid: self._guard(lambda _b: self.focus(cid)))
+        return grid
 
     # ------------------------------------------------------------------ errors
 

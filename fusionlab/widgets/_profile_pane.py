@@ -95,7 +95,7 @@ class ProfilePane:
         if self.result is not None and ids != self.measured_for:
             self.mark_stale()
         return self.task.start(what, lambda: self._measure(plan, options), background=background,
-                               done=lambda r: self._show(r, ids), queue=queue, after=self.ex.update_loop)
+                               done=lambda r: self._show(r, ids), queue=queue, after=self._after)
 
     def _measure(self, plan, options: dict):
         from ..profiler import profile
@@ -106,7 +106,11 @@ class ProfilePane:
     def _show(self, result, ids: tuple) -> None:
         self.result, self.measured_for = result, ids
         self.stale = ids != tuple(c.id for c in self.ex.plan.selected)
+
+    def _after(self) -> None:
+        """After each run, failed or not (the task no longer counts as running)."""
         self._render()
+        self.ex.update_loop()
 
     def _render(self) -> None:
         result = self.result

@@ -92,10 +92,7 @@ class Task:
                 self.thread.start()
                 threading.Thread(target=self._tick, args=(self.thread,), daemon=True).start()
                 return None
-        try:
-            return self._run(job, done, after)
-        finally:
-            self._busy = False
+        return self._run(job, done, after)
 
     def _tick(self, thread) -> None:
         while thread.is_alive():
@@ -108,8 +105,7 @@ class Task:
         while True:
             with self._lock:
                 queued, self._queued = self._queued, None
-                if queued is None:
-                    self._busy = False
+                if queued is None:  # _run saw none and cleared _busy
                     return
                 self.what, self.counts, self.error, self.seconds, self.note = queued[0], None, "", None, ""
                 self.started = time.perf_counter()
@@ -130,6 +126,9 @@ class Task:
             self.error = self.error or f"{type(e).__name__}: {e}"
             self.status.value = status_html(f"{self.what} failed after {self.seconds:.1f} s: {self.error}",
                                             kind="error")
+        with self._lock:
+            if self._queued is None:
+                self._busy = False  # done: what `after` shows is no longer running
         if after is not None:
             try:
                 after()
