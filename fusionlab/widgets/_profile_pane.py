@@ -178,4 +178,5 @@ class ProfilePane:
             parts.append(f"measured: the profile failed ({html.escape(self.task.error)})")
         elif not self.task.running:
             parts.append("measured: not yet (the profile tab measures it)")
-        return "<div style='font-size:12px' data-role='loop'>" + "<br>".join(parts) + "</div>"
+        return ("<div style='font-size:12px' data-role='loop'>" + modeled
+                + "".join(f"<div>{p}</div>" for p in parts[1:]) + "</div>")
