@@ -119,7 +119,8 @@ def open_and_expand(page, reps: int, shots: Path | None) -> tuple[list[float], l
         page.keyboard.press("Control+Enter")
         page.wait_for_function("() => window.__fl.t1 > 0", timeout=600_000)
         opens.append(page.evaluate("() => window.__fl.t1 - window.__fl.t0"))
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=600_000)
+        print(f"gpt2-12l explorer drawn in {opens[-1]:.0f} ms", file=sys.stderr, flush=True)
+        fb.wait_cell_done(page, 2)
         page.wait_for_timeout(500)
         block = "m:" + page.evaluate(
             "() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')[2].querySelectorAll("
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
         fb.wait_idle(page, 120_000)
         for i in (0, 1):
             fb.run_cell(page, i)
-            fb.wait_idle(page)
+            fb.wait_cell_done(page, i)
+            print(f"cell {i} ran ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         toggle = toggles(page, args.reps * 2, args.screenshots)
         opens, expands = open_and_expand(page, args.reps, args.screenshots)
         errors = list(page.errors)

@@ -175,3 +175,10 @@ def run_cell(page, index: int = 0, tries: int = 12) -> None:
 def wait_idle(page, timeout_ms: int = 600_000) -> None:
     """Until the notebook's kernel is idle."""
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout_ms)
+
+
+def wait_cell_done(page, index: int, timeout_ms: int = 600_000) -> None:
+    """Until cell ``index`` has finished running: its prompt holds a number (``[3]:``)."""
+    page.wait_for_function(
+        "(i) => /\\[\\d+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
+        ".querySelector('.jp-InputPrompt').innerText)", arg=index, timeout=timeout_ms)
