@@ -33,6 +33,7 @@ from . import _html
 from ._candidate_list import candidate_table
 from ._kernel_pane import KernelPane
 from ._profile_pane import ProfilePane
+from ._tasks import Task
 
 
 def _in_kernel() -> bool:
@@ -59,6 +60,8 @@ class Explorer:
         self.inputs = tuple(inputs)
         self.loss_fn = loss_fn if loss_fn is not None else capture.meta.get("loss_fn")
         background = _in_kernel() if background is None else background
+        self.background = background
+        self._unfused: dict = {}  # gpu -> roofline of the unfused step (it never changes)
         self.figures: dict = {}  # "summary" / "candidates" / "profile" -> latest plotly figure
         self._owner = {f"{c.graph}:{n}": c.id for c in self.plan.candidates for n in c.nodes}
         self._ids = {c.id for c in self.plan.candidates}
@@ -107,8 +110,9 @@ class Explorer:
         self.why_not = w.HTML(
             "<details><summary>nodes left out of every candidate, and why</summary>"
             f"<pre style='font-size:12px;max-height:260px;overflow:auto'>{why or '(none)'}</pre></details>")
-        summary_tab = w.VBox([self.gpu, self.summary_html, self.summary_chart, self.candidates_chart,
-                              self.why_not])
+        self.chart_task = Task("charts")
+        summary_tab = w.VBox([self.gpu, self.summary_html, self.chart_task.status, self.summary_chart,
+                              self.candidates_chart, self.why_not])
         self.tabs = w.Tab(children=[summary_tab, self.profile_pane.box])
         for i, t in enumerate(("summary (modeled)", "profile (measured)")):
             self.tabs.set_title(i, t)
@@ -256,7 +260,6 @@ class Explorer:
     def collapse(self, *modules: str) -> Explorer:
         self.graph.collapse(*(self._module(m) for m in modules))
         return self
-
     def _module(self, path: str) -> str:
         mods = self.graph.data.modules
         if path in mods:
@@ -270,14 +273,16 @@ class Explorer:
     def show_graph(self, tag: str) -> Explorer:
         self.graph.show(tag)
         return self
-
     # ------------------------------------------------------------------ summary charts
 
     def modeled_time_html(self) -> str:
         """One line: the step modeled on the chosen GPU's spec (fusionlab.cost)."""
         from ..cost import roofline
 
-        before = roofline(self.plan, self.gpu.value, fused=False)
+        gpu = self.gpu.value
+        if gpu not in self._unfused:
+            self._unfused[gpu] = roofline(self.plan, gpu, fused=False)
+        before = self._unfused[gpu]
         after = roofline(self.plan, self.gpu.value, fused=True)
         return (f"<div style='font-size:13px' data-role='modeled'>Step time <b>{html.escape(before.label)}</b>: "
                 f"{before.ms:.3f} ms &rarr; {after.ms:.3f} ms ({before.launches} &rarr; "
@@ -285,19 +290,25 @@ class Explorer:
 
     def _charts(self) -> None:
         """Draw the summary charts when their tab shows: a plotly chart drawn while hidden
-        gets no height (it sizes itself to its box), so a hidden tab waits until shown."""
+        gets no height (it sizes itself to its box), so a hidden tab waits until shown.
+        Inside a kernel they are drawn in the background, after the other panels have
+        answered a click (the latest request wins)."""
         if not self._charts_stale or self.tabs.selected_index != 0:
             return
+        self._charts_stale = False
+        self.chart_task.start("drawing the summary charts (modeled)", self._draw_charts,
+                              background=self.background, queue=True)
+
+    def _draw_charts(self) -> None:
         try:
             from ..viz import candidates_figure, plan_figure
-
-            fig = plan_figure(self.plan, gpu=self.gpu.value or None)
-            self.show_figure("summary", self.summary_chart, fig)
-            self.show_figure("candidates", self.candidates_chart,
-                             candidates_figure(self.plan.candidates, self.plan.selected))
         except ImportError:
             self.summary_chart.outputs = ()
-        self._charts_stale = False
+            return
+        fig = plan_figure(self.plan, gpu=self.gpu.value or None)
+        self.show_figure("summary", self.summary_chart, fig)
+        self.show_figure("candidates", self.candidates_chart,
+                         candidates_figure(self.plan.candidates, self.plan.selected))
 
     def show_figure(self, name: str, out, fig) -> None:
         """Put plotly figure `fig` into Output `out`, at a fixed height."""
@@ -325,7 +336,6 @@ class Explorer:
 
     def show_kernel(self, cid: str) -> Explorer:
         return self.focus(cid)
-
     def check(self, cid: str | None = None):
         """Check the shown kernel (or `cid`'s, which is focused first) against PyTorch."""
         if cid is not None and cid != self.kernel_pane.cid:
@@ -362,7 +372,8 @@ class Explorer:
 
     def wait(self, timeout: float | None = None) -> Explorer:
         """Until the background checks, compiles and profiles have ended."""
-        for task in (self.kernel_pane.task, self.kernel_pane.inspector.task, self.profile_pane.task):
+        for task in (self.kernel_pane.task, self.kernel_pane.inspector.task, self.profile_pane.task,
+                     self.chart_task):
             task.wait(timeout)
         return self
 
