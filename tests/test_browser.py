@@ -159,7 +159,7 @@ def test_click_select_focus_expand_gpt2_tiny(browser, served, shots):
     # a selection change restyles the drawing in place (no new layout), label and colour
     canvas = page.locator("[data-role=canvas]")
     assert int(canvas.get_attribute("data-restyled") or 0) >= 1
-    assert page.locator(f'g.cluster[id="c:{cid}"] > text').first.inner_text().startswith(f"[x] {cid}")
+    assert page.locator(f'g.cluster[id="c:{cid}"] > text').first.text_content().startswith(f"[x] {cid}")
     assert page.locator(f'g.cluster[id="c:{cid}"] > polygon').first.get_attribute("stroke") == "#dc2626"
     page.screenshot(path=str(shots / "graph_selected.png"))
 
