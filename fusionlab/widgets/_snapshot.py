@@ -41,7 +41,9 @@ def graph_views(data, expanded, selected, limit: int = MAX_VIEWS) -> dict:
     """The views of one graph a snapshot can show: ``{"base": view, "boxes": {module: view}}``;
     a box's view is ``expanded`` with that module and everything inside it open."""
     def view(opened: set) -> dict:
-        return dict(data.view(opened, selected), expanded=sorted(opened))
+        v = dict(data.view(opened, selected), expanded=sorted(opened))
+        v.pop("layout", None)  # the selection of a snapshot never changes: no restyling
+        return v
 
     expanded = set(expanded)
     base = view(expanded)
