@@ -156,6 +156,11 @@ def test_click_select_focus_expand_gpt2_tiny(browser, served, shots):
     page.locator(f'g.cluster[id="c:{cid}"] > text').first.click()
     settle(page, f"() => window.model.get('selected').includes({json.dumps(cid)})")
     assert plan.is_selected(cid) and w.view["clusters"][cid]["selected"]
+    # a selection change restyles the drawing in place (no new layout), label and colour
+    canvas = page.locator("[data-role=canvas]")
+    assert int(canvas.get_attribute("data-restyled") or 0) >= 1
+    assert page.locator(f'g.cluster[id="c:{cid}"] > text').first.text_content().startswith(f"[x] {cid}")
+    assert page.locator(f'g.cluster[id="c:{cid}"] > polygon').first.get_attribute("stroke") == "#dc2626"
     page.screenshot(path=str(shots / "graph_selected.png"))
 
     # hover shows the facts of a node outside every candidate, with its why_not reason

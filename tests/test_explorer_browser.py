@@ -14,30 +14,20 @@ JupyterLab is missing.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("FUSIONLAB_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+from fusionlab.testing import browser as fb
+
+ROOT = fb.ROOT
 
 pytest.importorskip("anywidget", reason="the explorer's graph needs anywidget (pip install anywidget)")
-pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install jupyterlab)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FUSIONLAB_CHROMIUM)",
-                allow_module_level=True)
+if fb.missing(lab=True):
+    pytest.skip(fb.missing(lab=True), allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.slow
 
@@ -47,87 +37,21 @@ CELLS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _path_without_dot() -> str:
-    """PATH with every directory holding a `dot` left out (the widget needs none)."""
-    dirs = [str(Path(sys.executable).parent)]
-    dirs += [d for d in os.environ.get("PATH", "").split(os.pathsep)
-             if d and not (Path(d) / "dot").exists() and d not in dirs]
-    return os.pathsep.join(dirs)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on localhost with a notebook that opens the explorer."""
     root = tmp_path_factory.mktemp("lab")
-    nb = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-                     "source": src} for src in CELLS],
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                      "language": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
-    (root / "explorer.ipynb").write_text(json.dumps(nb))
-    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    port = _free_port()
-    env = dict(os.environ, PATH=_path_without_dot(),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"),
-               JUPYTER_RUNTIME_DIR=str(root / ".runtime"),
-               JUPYTER_CONFIG_DIR=str(root / ".config"))
-    env.pop("JUPYTER_PLATFORM_DIRS", None)
-    assert shutil.which("dot", path=env["PATH"]) is None
-    log = open(root / "lab.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-         f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/api/status", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"jupyter lab exited: {(root / 'lab.log').read_text()[-2000:]}")
-                time.sleep(0.5)
+    with fb.jupyter_lab(root, {"explorer.ipynb": CELLS}) as url:
         yield url, root
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def page(lab, tmp_path_factory):
     url, _root = lab
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=ARGS,
-            viewport={"width": 1500, "height": 1300})
-        pg = ctx.new_page()
-        pg.errors = []
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        # offline: nothing but the local server may be reached
-        pg.route("**/*", lambda r: r.continue_() if r.request.url.startswith("http://127.0.0.1")
-                 or r.request.url.startswith("data:") else r.abort())
+    with fb.chromium(profile_dir=str(tmp_path_factory.mktemp("chromium-profile"))) as ctx:
+        pg = fb.offline_page(ctx)  # offline: nothing but the local server may be reached
         pg.goto(f"{url}/lab/tree/explorer.ipynb?reset")
         yield pg
-        ctx.close()
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +78,7 @@ def _walk_through(page, shots, members):
     # run the notebook through the UI: the explorer appears with its graph drawn
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-    cell = page.locator(".jp-Notebook .jp-Cell").first
-    for _ in range(12):  # a request sent while the kernel still connects can be lost: resend
-        cell.locator(".cm-content").click()
-        page.keyboard.press("Control+Enter")  # run the cell in place
-        try:
-            page.wait_for_function(
-                "() => !/\\[\\s*\\]/.test(document.querySelector('.jp-Cell .jp-InputPrompt').innerText)",
-                timeout=10_000)
-            break
-        except sync_api.TimeoutError:
-            continue
+    fb.run_cell(page, 0)
     canvas = page.locator("[data-role=canvas]")
     canvas.locator("svg g.cluster").first.wait_for(timeout=int(os.environ.get("FUSIONLAB_LAB_TIMEOUT", "240")) * 1000)
     found = re.search(r"0 of (\d+) candidates selected", _summary(page))

@@ -239,9 +239,14 @@ class GraphData:
                                  "members": members, "partial": len(members) < len(c["nodes"]),
                                  "pattern": c["pattern"]}
         edges = self.edges(expanded)
+        # the same drawing with no selection: where only that differs, the browser restyles
+        # the drawing it has instead of laying it out again (focus is drawn by the browser)
+        plain_items = {k: dict(v, selected=0) if v["type"] == "module" else v for k, v in items.items()}
+        plain = {cid: dict(c, selected=False, label=c["label"].removeprefix("[x] ")) for cid, c in clusters.items()}
         return {"graph": self.tag, "kind": self.kind, "items": items, "clusters": clusters,
                 "edges": [list(e) for e in edges], "focus": focus, "focus_candidate": focus_candidate,
-                "dot": self._dot(order, items, clusters, edges, focus, focus_candidate)}
+                "dot": self._dot(order, items, clusters, edges),
+                "layout": self._dot(order, plain_items, plain, edges)}
 
     def _box_info(self, path: str, sel: set) -> dict:
         inside = set(self._drawn_in[path])
@@ -250,7 +255,9 @@ class GraphData:
                 "ops": len(inside), "candidates": len(cands),
                 "selected": sum(1 for c in cands if c in sel)}
 
-    def _dot(self, order, items, clusters, edges, focus, focus_candidate) -> str:
+    def _dot(self, order, items, clusters, edges) -> str:
+        """The DOT text; the focus is not in it (the browser marks it on the drawing, so a
+        focus change needs no new layout)."""
         lines = [f"digraph {_q(self.tag)} {{",
                  '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.3];',
                  '  node [shape=box, style="filled,rounded", fontname="Helvetica", fontsize=10, '
@@ -275,9 +282,6 @@ class GraphData:
                 label = f"{short_op(node.op)}\n{vid} {node.shape}".strip()
                 if node.output:
                     style["peripheries"] = "2"
-            if vid == focus:
-                style["penwidth"] = "3"
-                style["color"] = "#7c3aed"
             return f"    {_q(vid)} [{attrs(dict(style, label=label, id=vid))}];"
 
         in_cluster = {n: cid for cid, c in clusters.items() for n in c["members"]}
@@ -286,9 +290,6 @@ class GraphData:
                 lines.append(node_line(vid))
         for i, (cid, c) in enumerate(clusters.items()):
             style = dict(SELECTED if c["selected"] else UNSELECTED)
-            if cid == focus_candidate:
-                style["color"] = "#7c3aed"
-                style["penwidth"] = "3"
             lines.append(f"  subgraph cluster_{i} {{")
             lines.append(f"    graph [{attrs(dict(style, label=c['label'], id='c:' + cid, fontsize='10'))}];")
             lines += [node_line(n) for n in c["members"]]

@@ -11,6 +11,12 @@ and then every view re-reads the plan:
   ``focus_candidate`` -> the kernel pane shows that candidate's Triton source with the
   node's line marked, and the model source line the node came from
 - ``ex.expand(module)`` opens a module box in the graph.
+- the loop line (under the buttons): after each change, the step *modeled* on the chosen
+  GPU at once, and the *measured* verdict (device, executor) when a re-profile arrives; the
+  previous measurement is marked stale meanwhile (``_profile_pane``).
+- checks, compiles for a GPU target and profiles run in the background inside a kernel,
+  each with a progress bar and the time it took (``_tasks``); ``ex.wait()`` waits for them.
+- ``ex.to_html(path)``: the explorer as one standalone page (``_snapshot``).
 
 A refused selection (PlanError) and any error in a callback are shown in the message line
 (and the graph's), never raised into the notebook; the checkboxes go back to the plan.
@@ -22,14 +28,12 @@ import html
 
 from .. import _env
 from ..gpus import GPUS
-from ..nodecost import fmt_bytes
 from ..plan import FusionPlan, PlanError
 from . import _html
+from ._candidate_list import candidate_table
 from ._kernel_pane import KernelPane
 from ._profile_pane import ProfilePane
-
-TABLE_COLUMNS = "28px minmax(160px, 2fr) 64px 150px minmax(0, 1fr)"
-ELLIPSIS = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:12px"
+from ._tasks import Task
 
 
 def _in_kernel() -> bool:
@@ -56,6 +60,8 @@ class Explorer:
         self.inputs = tuple(inputs)
         self.loss_fn = loss_fn if loss_fn is not None else capture.meta.get("loss_fn")
         background = _in_kernel() if background is None else background
+        self.background = background
+        self._unfused: dict = {}  # gpu -> roofline of the unfused step (it never changes)
         self.figures: dict = {}  # "summary" / "candidates" / "profile" -> latest plotly figure
         self._owner = {f"{c.graph}:{n}": c.id for c in self.plan.candidates for n in c.nodes}
         self._ids = {c.id for c in self.plan.candidates}
@@ -90,6 +96,7 @@ class Explorer:
         self.select_all_button.on_click(self._guard(lambda _b: self._apply(self.plan.select_all, "selected all")))
         self.clear_button.on_click(self._guard(lambda _b: self._apply(self.plan.clear, "cleared the selection")))
         self.message = w.HTML()
+        self.loop = w.HTML()
         self.table = self._table()
 
         # summary (modeled): charts drawn while their tab shows (plotly sizes itself then)
@@ -103,8 +110,9 @@ class Explorer:
         self.why_not = w.HTML(
             "<details><summary>nodes left out of every candidate, and why</summary>"
             f"<pre style='font-size:12px;max-height:260px;overflow:auto'>{why or '(none)'}</pre></details>")
-        summary_tab = w.VBox([self.gpu, self.summary_html, self.summary_chart, self.candidates_chart,
-                              self.why_not])
+        self.chart_task = Task("charts")
+        summary_tab = w.VBox([self.gpu, self.summary_html, self.chart_task.status, self.summary_chart,
+                              self.candidates_chart, self.why_not])
         self.tabs = w.Tab(children=[summary_tab, self.profile_pane.box])
         for i, t in enumerate(("summary (modeled)", "profile (measured)")):
             self.tabs.set_title(i, t)
@@ -112,40 +120,18 @@ class Explorer:
 
         buttons = w.HBox([self.select_all_button, self.clear_button, self.message])
         panes = w.HBox([self.graph, self.kernel_pane.box], layout=w.Layout(width="100%"))
-        self.ui = w.VBox([self.header, buttons, self.table, panes, self.tabs],
+        # the profile's status line is shown here too (two views of one widget)
+        self.ui = w.VBox([self.header, buttons, self.loop, self.profile_pane.task.status, self.table,
+                          panes, self.tabs],
                          layout=w.Layout(width="100%"))
 
     def _table(self):
-        """One line per candidate: checkbox (in the plan), id (click: focus), kernels, saves,
-        modules. Long text is cut with an ellipsis; the whole of it is in the tooltip."""
-        w = self._w
-        cells = [w.HTML(f"<b>{h}</b>") for h in ("", "candidate (click: show)", "kernels",
-                                                  "saves (modeled)", "modules")]
-        self.checkboxes: dict = {}
-        self.focus_buttons: dict = {}
-        for c in self.plan.candidates:
-            cb = w.Checkbox(value=self.plan.is_selected(c.id), indent=False,
-                            layout=w.Layout(width="24px"))
-            cb.observe(self._guard(lambda change, cid=c.id: self._on_toggle(cid, change)), names="value")
-            zero = _html.zero_saving_reason(c)
-            tip = f"{c.id}: {c.pattern}, {len(c.nodes)} nodes in {', '.join(c.modules)}"
-            btn = w.Button(description=c.id, tooltip=tip + (f"\n{zero}" if zero else ""),
-                           layout=w.Layout(width="100%", height="24px", margin="0"))
-            btn.style.font_family = "monospace"
-            btn.style.button_color = "#f9fafb"
-            btn.on_click(self._guard(lambda _b, cid=c.id: self.focus(cid)))
-            self.checkboxes[c.id] = cb
-            self.focus_buttons[c.id] = btn
-            saves = (f"<div style='{ELLIPSIS}' title='{html.escape(zero, quote=True)}'>0 B "
-                     "<i>(launches only)</i></div>") if zero else fmt_bytes(c.bytes_saved)
-            mods = ", ".join(c.modules)
-            cells += [cb, btn, w.HTML(f"{c.kernels_unfused} &rarr; 1"), w.HTML(saves),
-                      w.HTML(f"<div style='{ELLIPSIS}' title='{html.escape(mods, quote=True)}'>"
-                             f"{html.escape(mods)}</div>", layout=w.Layout(min_width="0", overflow="hidden"))]
-        return w.GridBox(cells, layout=w.Layout(
-            grid_template_columns=TABLE_COLUMNS, grid_gap="1px 8px", align_items="center",
-            grid_auto_rows="26px", max_height="290px", overflow="auto",
-            border="1px solid #e5e7eb", padding="4px"))
+        """One line per candidate (``_candidate_list``): checkbox (in the plan), id (click:
+        focus), kernels, saves, modules."""
+        grid, self.checkboxes, self.focus_buttons = candidate_table(
+            self.plan, on_toggle=lambda cid: self._guard(lambda change: self._on_toggle(cid, change)),
+            on_focus=lambda cid: self._guard(lambda _b: self.focus(cid)))
+        return grid
 
     # ------------------------------------------------------------------ errors
 
@@ -220,10 +206,17 @@ class Explorer:
                 self.graph.refresh()
             finally:
                 self._syncing = False
-        self.summary_html.value = _html.summary_html(self.plan.summary()) + self._modeled_time_html()
+        self._modeled = self.modeled_time_html()
+        self.summary_html.value = _html.summary_html(self.plan.summary()) + self._modeled
+        self.profile_pane.plan_changed()
+        self.update_loop()
         self._charts_stale = True
         self._charts()
         self.kernel_pane.info()
+
+    def update_loop(self) -> None:
+        """The loop line: modeled step now, measured verdict when it arrives (or stale)."""
+        self.loop.value = self.profile_pane.loop_html(self._modeled)
 
     # ------------------------------------------------------------------ graph -> explorer
 
@@ -267,7 +260,6 @@ class Explorer:
     def collapse(self, *modules: str) -> Explorer:
         self.graph.collapse(*(self._module(m) for m in modules))
         return self
-
     def _module(self, path: str) -> str:
         mods = self.graph.data.modules
         if path in mods:
@@ -281,34 +273,42 @@ class Explorer:
     def show_graph(self, tag: str) -> Explorer:
         self.graph.show(tag)
         return self
-
     # ------------------------------------------------------------------ summary charts
 
-    def _modeled_time_html(self) -> str:
+    def modeled_time_html(self) -> str:
         """One line: the step modeled on the chosen GPU's spec (fusionlab.cost)."""
         from ..cost import roofline
 
-        before = roofline(self.plan, self.gpu.value, fused=False)
+        gpu = self.gpu.value
+        if gpu not in self._unfused:
+            self._unfused[gpu] = roofline(self.plan, gpu, fused=False)
+        before = self._unfused[gpu]
         after = roofline(self.plan, self.gpu.value, fused=True)
-        return (f"<div style='font-size:13px'>Step time <b>{html.escape(before.label)}</b>: "
+        return (f"<div style='font-size:13px' data-role='modeled'>Step time <b>{html.escape(before.label)}</b>: "
                 f"{before.ms:.3f} ms &rarr; {after.ms:.3f} ms ({before.launches} &rarr; "
                 f"{after.launches} launches; roofline per kernel plus launch overhead)</div>")
 
     def _charts(self) -> None:
         """Draw the summary charts when their tab shows: a plotly chart drawn while hidden
-        gets no height (it sizes itself to its box), so a hidden tab waits until shown."""
+        gets no height (it sizes itself to its box), so a hidden tab waits until shown.
+        Inside a kernel they are drawn in the background, after the other panels have
+        answered a click (the latest request wins)."""
         if not self._charts_stale or self.tabs.selected_index != 0:
             return
+        self._charts_stale = False
+        self.chart_task.start("drawing the summary charts (modeled)", self._draw_charts,
+                              background=self.background, queue=True)
+
+    def _draw_charts(self) -> None:
         try:
             from ..viz import candidates_figure, plan_figure
-
-            fig = plan_figure(self.plan, gpu=self.gpu.value or None)
-            self.show_figure("summary", self.summary_chart, fig)
-            self.show_figure("candidates", self.candidates_chart,
-                             candidates_figure(self.plan.candidates, self.plan.selected))
         except ImportError:
             self.summary_chart.outputs = ()
-        self._charts_stale = False
+            return
+        fig = plan_figure(self.plan, gpu=self.gpu.value or None)
+        self.show_figure("summary", self.summary_chart, fig)
+        self.show_figure("candidates", self.candidates_chart,
+                         candidates_figure(self.plan.candidates, self.plan.selected))
 
     def show_figure(self, name: str, out, fig) -> None:
         """Put plotly figure `fig` into Output `out`, at a fixed height."""
@@ -336,7 +336,6 @@ class Explorer:
 
     def show_kernel(self, cid: str) -> Explorer:
         return self.focus(cid)
-
     def check(self, cid: str | None = None):
         """Check the shown kernel (or `cid`'s, which is focused first) against PyTorch."""
         if cid is not None and cid != self.kernel_pane.cid:
@@ -358,6 +357,32 @@ class Explorer:
     @property
     def profile_result(self):
         return self.profile_pane.result
+
+    def inspect(self, cid: str | None = None, target: str = "sm_90"):
+        """Compile `cid`'s kernel (default: the focused one) for a GPU target, as the pane's
+        button does; returns the CompileReport (registers, spills, PTX, SASS)."""
+        if cid is not None and cid != self.kernel_pane.cid:
+            self.focus(cid)
+        self.kernel_pane.inspector.target.value = target
+        return self.kernel_pane.inspector.inspect(cid, target)
+
+    def export(self, folder: str = "fusionlab_kernels") -> list:
+        """Write the selected kernels (or the focused one) as standalone modules into `folder`."""
+        return self.kernel_pane.inspector.export(folder)
+
+    def wait(self, timeout: float | None = None) -> Explorer:
+        """Until the background checks, compiles and profiles have ended."""
+        for task in (self.kernel_pane.task, self.kernel_pane.inspector.task, self.profile_pane.task,
+                     self.chart_task):
+            task.wait(timeout)
+        return self
+
+    def to_html(self, path) -> str:
+        """Write the explorer as one standalone HTML page: the graph (drawn, pannable and
+        clickable offline), the plan, every kernel, the profile if one ran. Returns the path."""
+        from ._snapshot import write_snapshot
+
+        return write_snapshot(self, path)
 
     # ------------------------------------------------------------------ display
 

@@ -47,6 +47,22 @@ def code_html(source: str, marks=(), max_height: int = 520) -> str:
     return f'<pre style="{style}">{body}</pre>'
 
 
+def highlighted_lines(source: str) -> list[str]:
+    """``source`` as one HTML string per line (pygments colours when installed, each line's
+    spans closed within it; plain escaped text otherwise)."""
+    lines = source.split("\n")
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+    except ImportError:
+        return [html.escape(x) for x in lines]
+    out = highlight(source, PythonLexer(stripnl=False), HtmlFormatter(noclasses=True, nowrap=True)).split("\n")
+    if len(out) >= len(lines) and all(o.count("<span") == o.count("</span>") for o in out):
+        return out[:len(lines)]
+    return [html.escape(x) for x in lines]
+
+
 def node_lines(source: str, node: str, name: str = "") -> list[int]:
     """The 1-based lines of ``source`` that compute FX node ``node``: ``node = ...``, else the
     steps of a reduction (``var_mean_sum = ...``), else where it is stored (``# node: ...``);

@@ -4,19 +4,21 @@ the model line that produced it, and the check against PyTorch.
 Linked views: a node focused in the graph marks the kernel line that computes it
 (``node = ...  # aten.op  module``) and shows the model source line the capture recorded
 for it (``model.py:42  x = self.act(x)``). Kernels are generated on first focus (quick);
-a check started by a button runs in a background thread when ``background`` is set (the
-notebook stays usable; the explorer sets it inside a kernel),
-and their progress and errors are shown in the pane, never raised into the notebook.
+checks (and, in ``_inspect_pane``, compiles for a GPU target) started by a button run in a
+background thread when ``background`` is set (the notebook stays usable; the explorer sets
+it inside a kernel), with a progress bar and the time they took in their status line
+(``_tasks.Task``); their errors are shown in the pane, never raised into the notebook.
 """
 
 from __future__ import annotations
 
 import html
-import threading
 
 from .. import _env
 from ..nodecost import fmt_bytes
 from . import _html
+from ._inspect_pane import InspectPane
+from ._tasks import Task
 
 
 class KernelPane:
@@ -32,7 +34,7 @@ class KernelPane:
         self.cid: str | None = None  # the candidate shown
         self.node: str = ""  # "fw0:mul_5": the focused node, or ""
         self.text = ""  # plain source shown
-        self.thread: threading.Thread | None = None
+        self.task = Task("check")
         self.title = w.HTML()
         self.node_info = w.HTML()
         self.check_button = w.Button(description="check against PyTorch", icon="check",
@@ -44,9 +46,10 @@ class KernelPane:
         self.check_result = w.HTML()
         self.source = w.HTML()
         self.statuses = w.HTML()
+        self.inspector = InspectPane(self, background=background)
         self.box = w.VBox([self.title, self.node_info,
-                           w.HBox([self.check_button, self.check_selected_button]),
-                           self.check_result, self.source, self.statuses],
+                           w.HBox([self.check_button, self.check_selected_button]), self.task.status,
+                           self.check_result, self.source, self.statuses, self.inspector.box],
                           layout=w.Layout(width="45%", min_width="320px", overflow="hidden"))
 
     # ------------------------------------------------------------------ showing
@@ -69,6 +72,7 @@ class KernelPane:
         self.cid, self.node = cid, node
         self.node_info.value = self.node_html()
         self.info()
+        self.inspector.show()
         if cid is None:
             self.text = ""
             self.source.value = ""
@@ -127,8 +131,8 @@ class KernelPane:
         cid = cid or self.cid
         if cid is None:
             return None
-        self.check_result.value = _html.message(f"checking {cid} ({_env.executor_name()}) ...")
-        return self._run(lambda: self._check(cid), background)
+        return self.task.start(f"checking {cid} against PyTorch ({_env.executor_name()})",
+                               lambda: self._check(cid), background=background)
 
     def _check(self, cid: str):
         try:
@@ -136,35 +140,23 @@ class KernelPane:
         except Exception as e:  # noqa: BLE001
             if cid == self.cid:
                 self.check_result.value = _html.message(f"no kernel: {type(e).__name__}: {e}", "error")
-            return None
+            raise
         if cid == self.cid:
             self.check_result.value = _html.check_html(result)
         return result
 
     def check_selected(self, background: bool = False):
         """``plan.kernels()``: build and check every selected candidate; show which passed."""
-        self.statuses.value = _html.message("building and checking the selected kernels ...")
-        return self._run(self._check_selected, background)
+        n = len(self.plan.selected)
+        return self.task.start(f"building and checking the {n} selected kernel{'s' if n != 1 else ''}",
+                               self._check_selected, background=background)
 
     def _check_selected(self):
-        try:
-            kernel_set = self.plan.kernels()
-        except Exception as e:  # noqa: BLE001
-            self.statuses.value = _html.message(f"failed: {type(e).__name__}: {e}", "error")
-            return None
+        self.statuses.value = ""
+        kernel_set = self.plan.kernels()
         for k in kernel_set:
             self.kernels[k.source.candidate_id] = k
         self.statuses.value = _html.statuses_html(kernel_set.statuses)
         if self.cid is not None:
             self.check_result.value = _html.check_html(self.kernel(self.cid).check_result)
         return kernel_set
-
-    def _run(self, job, background: bool):
-        if not background:
-            return job()
-        if self.thread is not None and self.thread.is_alive():
-            self.statuses.value = _html.message("a check is still running; wait for it", "error")
-            return None
-        self.thread = threading.Thread(target=job, daemon=True)
-        self.thread.start()
-        return None

@@ -75,6 +75,11 @@ class GraphWidget(anywidget.AnyWidget):
         """The plain data of the graph shown."""
         return self._data[self.graph]
 
+    @property
+    def data_by_graph(self) -> dict[str, GraphData]:
+        """The plain data of every graph, by tag."""
+        return self._data
+
     def select(self, *keys) -> GraphWidget:
         """``plan.select(*keys)``; a refusal is shown in ``message`` and raised."""
         return self._apply(self.plan.select, keys)

@@ -23,6 +23,11 @@ async function layout(dot) {
   return svg;
 }
 
+// Python's viz.graph SELECTED / UNSELECTED cluster styles, and the module box colour
+const SEL = { color: "#dc2626", width: "3", fill: "#fff7ed" };
+const UNSEL = { color: "#6b7280", width: "1.2" };
+const BOX_COLOR = "#4338ca";
+
 const STYLE_TEXT = `
 .flg { font: 12px Helvetica, Arial, sans-serif; color: #111827; position: relative; }
 .flg-bar { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin-bottom: 4px; }
@@ -97,6 +102,7 @@ function render({ model, el }) {
   let box = null; // current viewBox [x, y, w, h]
   let full = null; // the drawing's own box
   let drawn = ""; // dot text drawn
+  let drawnLayout = ""; // its view's layout key (the dot with no selection and no focus)
   let seq = 0;
 
   function setBox(b) {
@@ -169,10 +175,46 @@ function render({ model, el }) {
     if (target || cl) center(cl || target);
   }
 
+  // the selection (and focus) changed, not the layout: restyle the drawing in place
+  function restyle(view) {
+    for (const [cid, c] of Object.entries(view.clusters)) {
+      const g = svg.querySelector(`g.cluster[id="${CSS.escape("c:" + cid)}"]`);
+      if (!g) continue;
+      const shape = g.querySelector("polygon, path");
+      if (shape) {
+        shape.setAttribute("stroke", c.selected ? SEL.color : UNSEL.color);
+        shape.setAttribute("stroke-width", c.selected ? SEL.width : UNSEL.width);
+        shape.setAttribute("fill", c.selected ? SEL.fill : "none");
+        if (c.selected) shape.removeAttribute("stroke-dasharray");
+        else shape.setAttribute("stroke-dasharray", "5,2");
+      }
+      const t = g.querySelector("text");
+      if (t) t.textContent = (c.selected ? "[x] " : "") + cid;
+    }
+    for (const [vid, it] of Object.entries(view.items)) {
+      if (it.type !== "module") continue;
+      const g = svg.querySelector(`g.node[id="${CSS.escape(vid)}"]`);
+      if (!g) continue;
+      const texts = g.querySelectorAll("text");
+      if (texts.length >= 3) texts[texts.length - 1].textContent = `${it.candidates} candidates, ${it.selected} selected`;
+      const shape = g.querySelector("polygon, path");
+      if (shape) shape.setAttribute("stroke", it.selected ? SEL.color : BOX_COLOR);
+    }
+  }
+
   async function draw() {
     const view = model.get("view");
     if (!view || !view.dot) return;
     if (view.dot === drawn) { highlight(); canvas.drawnDot = drawn; return; }
+    if (svg && view.layout && view.layout === drawnLayout && view.graph === canvas.dataset.graph) {
+      ++seq; // a layout still running for an older view must not replace this one
+      restyle(view);
+      drawn = view.dot;
+      highlight();
+      canvas.dataset.restyled = String(Number(canvas.dataset.restyled || 0) + 1);
+      canvas.drawnDot = drawn;
+      return;
+    }
     const mine = ++seq;
     const n = Object.keys(view.items).length;
     status.textContent = `laying out ${n} items…`;
@@ -193,6 +235,7 @@ function render({ model, el }) {
     svg.removeAttribute("height");
     full = svg.getAttribute("viewBox").split(/\s+/).map(Number);
     drawn = view.dot;
+    drawnLayout = view.layout || "";
     canvas.dataset.graph = view.graph;
     canvas.dataset.items = String(n);
     canvas.dataset.ms = String(Math.round(performance.now() - t0));
