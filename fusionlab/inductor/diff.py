@@ -186,7 +186,15 @@ def inductor_diff(plan: FusionPlan, decisions: InductorDecisions | None = None) 
         for c in (c for c in cands if c.graph == graph.tag):
             mine = {n for n in c.nodes if kinds.get(n) in _GROUPED}
             ks = tuple(dict.fromkeys(gd.owner[n] for n in c.nodes if n in mine and n in gd.owner))
-            if len(ks) == 1 and owned.get(ks[0]) == mine:
+            mms = [n for n in c.nodes if kinds.get(n) == "matmul" and gd.owner.get(n) not in (None, *ks)]
+            if mms and len(ks) == 1 and owned.get(ks[0]) == mine:  # a matmul epilogue Inductor keeps apart
+                lib = gd.owner[mms[0]]
+                out.fusionlab_only.append(DiffRow(
+                    "fusionlab only", graph.tag, c.id, (lib, *ks), tuple(c.nodes),
+                    f"Inductor runs {mms[0]} as its own call ({lib}) and the epilogue as {ks[0]}: "
+                    "the product goes to memory and is read back"))
+                matched.add(ks[0])
+            elif len(ks) == 1 and owned.get(ks[0]) == mine:
                 out.both.append(DiffRow("both", graph.tag, c.id, ks, tuple(c.nodes)))
                 matched.add(ks[0])
             elif len(ks) == 1:
