@@ -241,6 +241,37 @@ def test_best_group_on_gpu(zoo_plan):
     assert not fb and "not a selected group" in fb.message
 
 
+def _diff():
+    """An InductorDiff as inductor_diff(plan) gives it for the GPT-2 block (its rows, as plain data)."""
+    from fusionlab.inductor.diff import DiffRow, InductorDiff
+
+    d = InductorDiff("GPT2Block")
+    d.both = [DiffRow("both", "fw0", "fw0.matmul+bias+gelu.0", ("fw0.k18",), ("addmm_2", "mul_5")),
+              DiffRow("both", "bw0", "bw0.pointwise.0", ("bw0.k0",), ("div_1", "pow_2"))]
+    d.fusionlab_only = [DiffRow("fusionlab only", "fw0", "fw0.layer_norm.0", ("fw0.k0", "fw0.k3"), ("var_mean",),
+                                "Inductor computes it in 2 loop nests (1 C++ function)")]
+    d.inductor_only = [
+        DiffRow("inductor only", "bw0", None, ("bw0.k5",), ("sub_4", "mul_25", "sum_6"),
+                "sum_6: not fusable with its neighbours: reductions over different rows (domains or reduced dims "
+                "differ)"),
+        DiffRow("inductor only", "bw0", None, ("bw0.k10",), ("mm_1", "mm_3", "cat"), "cat: opaque op aten.cat.default")]
+    return d
+
+
+def test_inductor_only():
+    d = _diff()
+    assert ex.inductor_only({"bw0.k5": "mixed-order reduction", "bw0.k10": "opaque op"}, d)
+    assert ex.inductor_only({"bw0.k5": "the column sum: reductions over different rows", "bw0.k10": "cat is opaque"}, d)
+    fb = ex.inductor_only({"bw0.k5": "opaque op", "bw0.k10": "mixed-order reduction"}, d)  # reasons swapped
+    assert not fb and "bw0.k5: the reason is not 'opaque op'" in fb.message
+    fb = ex.inductor_only({"fw0.layer_norm.0": "view", "bw0.k10": "opaque op"}, d)  # a fusionlab-only candidate
+    assert not fb and "fusionlab candidate" in fb.message and "missing" in fb.message
+    fb = ex.inductor_only({"fw0.k18": "matmul epilogue", "bw0.k5": "mixed", "bw0.k10": "opaque"}, d)
+    assert not fb and "both make" in fb.message
+    assert not ex.inductor_only("bw0.k10", d)
+    assert ex.inductor_only(..., d).ok is None
+
+
 # --------------------------------------------------------------------------- notebook 5
 
 
@@ -291,7 +322,7 @@ def test_rmsnorm_silu_module():
 def test_forward_writes():
     net = torch.nn.Sequential(torch.nn.Linear(32, 32), RMSNormSiLU(32), torch.nn.Linear(32, 32))
     cap = fl.capture(net, torch.randn(16, 32), loss_fn=lambda y: y.pow(2).mean())
-    c = next(c for c in fl.find_candidates(cap) if c.graph == "fw0" and "silu" in c.pattern)
+    c = next(c for c in fl.find_candidates(cap) if c.graph == "fw0" and "rms_norm" in c.pattern)
     g = cap.graph("fw0")
     assert len(c.outputs) > 1  # the backward reads values from inside the group
     by_hand = sum(4 * _numel(g.nodes[n].shape) for n in c.outputs)
@@ -300,3 +331,29 @@ def test_forward_writes():
     assert not fb and "final activation" in fb.message
     fb = ex.forward_writes(c.bytes_fused, c, cap)
     assert not fb and "reads and writes" in fb.message
+
+
+class RMSNormSiLUBlock(torch.nn.Module):
+    def __init__(self, d=32):
+        super().__init__()
+        self.up, self.norm, self.act = torch.nn.Linear(d, d), torch.nn.RMSNorm(d, eps=1e-6), torch.nn.SiLU()
+        self.down = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.down(self.act(self.norm(self.up(x))))
+
+
+def test_norm_apart_from_act():
+    cap = fl.capture(RMSNormSiLUBlock(), torch.randn(16, 32), loss_fn=lambda y: y.pow(2).mean())
+    plan = fl.FusionPlan(cap)
+    fb = ex.norm_apart_from_act(plan)
+    assert not fb and "no rule" in fb.message and "fw0." in fb.message
+    assert ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("norm", "act"))
+    fb = ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("norm", "down"))  # a rule that changes nothing
+    assert not fb and "still holds ops of both" in fb.message
+    fb = ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("mul", "neg"))  # ops only the forward has
+    assert not fb and "the forward is apart" in fb.message and "bw0." in fb.message
+    fb = ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("norm", "act").never_fuse("mean", "rsqrt"))
+    assert not fb and "split over" in fb.message  # the norm itself cut in two
+    assert not ex.norm_apart_from_act(cap)
+    assert ex.norm_apart_from_act(...).ok is None

@@ -13,13 +13,19 @@ before it is done. ``bool(feedback)`` is True only for a right answer.
 
 from .capture_and_look import best_backward_candidate, kernel_counts, matmul_nodes
 from .feedback import Feedback
-from .own_fusion import forward_writes, reference_rmsnorm_silu, rmsnorm_silu_module
+from .own_fusion import (
+    forward_writes,
+    norm_apart_from_act,
+    reference_rmsnorm_silu,
+    rmsnorm_silu_module,
+)
 from .pick_and_generate import bias_gelu_kernel, fused_bytes
-from .profile_step import best_group_on_gpu, speedup, verdict
+from .profile_step import best_group_on_gpu, inductor_only, speedup, verdict
 from .why_fusion import fair_speedup, op_by_op_bytes, roofline_us
 
 __all__ = [
     "Feedback", "best_backward_candidate", "best_group_on_gpu", "bias_gelu_kernel", "fair_speedup",
-    "forward_writes", "fused_bytes", "kernel_counts", "matmul_nodes", "op_by_op_bytes",
+    "forward_writes", "fused_bytes", "inductor_only", "kernel_counts", "matmul_nodes", "norm_apart_from_act",
+    "op_by_op_bytes",
     "reference_rmsnorm_silu", "rmsnorm_silu_module", "roofline_us", "speedup", "verdict",
 ]

@@ -88,3 +88,47 @@ def forward_writes(answer, candidate, capture) -> Feedback:
     if close(value, candidate.bytes_fused, 0.001):
         return wrong(name, "that is reads and writes together; only the writes are asked for")
     return wrong(name, f"{fmt(value)} is not it: add up the bytes of {', '.join(candidate.outputs)}")
+
+
+def norm_apart_from_act(plan, norm: str = "norm", act: str = "act") -> Feedback:
+    """5.3: a plan whose rules keep module `norm`'s ops and module `act`'s ops out of one kernel in every
+    graph (forward and backward), while `norm`'s forward ops stay one kernel and `act`'s another."""
+    name = f"5.3 {norm} and {act} in kernels of their own"
+    if is_unanswered(plan):
+        return unanswered(name, "a FusionPlan with a rule: plan.never_fuse(a, b) takes ops, module paths or "
+                                "pattern names; which name covers a module's ops in both graphs?")
+    if not hasattr(plan, "candidates") or not hasattr(plan, "rules"):
+        return wrong(name, f"the answer should be a FusionPlan (with your rule), not a {type(plan).__name__}")
+    cap = plan.capture
+
+    def within(module: str, mod: str) -> bool:
+        return module == mod or module.startswith(mod + ".")
+
+    def holds(c, mod: str) -> bool:
+        g = cap.graph(c.graph)
+        return any(within(g.nodes[n].module, mod) for n in c.nodes)
+
+    mixed = [c.id for c in plan.candidates if holds(c, norm) and holds(c, act)]
+    if not plan.rules:
+        return wrong(name, "the plan has no rule: add one with plan.never_fuse(..., ...)"
+                     + (f" ({', '.join(mixed)} still fuses both)" if mixed else ""))
+    rules = ", ".join(map(str, plan.rules))
+    if mixed:
+        fw = [cid for cid in mixed if cid.startswith("fw")]
+        if not fw:
+            return wrong(name, f"with {rules} the forward is apart, but {', '.join(mixed)} still holds {act}'s "
+                               f"and {norm}'s gradient ops: the backward graph has other ops than the forward "
+                               "(no neg, no exp); name what both graphs share")
+        return wrong(name, f"with {rules}, {', '.join(mixed)} still holds ops of both {norm} and {act}")
+    fw = cap.graph("fw0")
+    for mod in (norm, act):
+        ops_of = {n for n, i in fw.nodes.items() if within(i.module, mod) and i.kind in ("pointwise", "reduction")}
+        holders = sorted({c.id for c in plan.candidates if c.graph == "fw0" for n in c.nodes if n in ops_of})
+        if len(holders) > 1:
+            return wrong(name, f"with {rules}, {mod} and {act if mod == norm else norm} are apart, but {mod}'s own "
+                               f"forward ops are split over {', '.join(holders)}: a rule splits it; name whole modules, "
+                               "not ops inside one")
+        if not holders:
+            return wrong(name, f"with {rules}, {mod}'s forward ops are in no candidate at all")
+    return right(name, f"{rules}: {norm} and {act} are kernels of their own forward and backward; plan.skipped "
+                       "says which candidates the rule split")

@@ -82,3 +82,79 @@ def best_group_on_gpu(answer, plan, gpu: str = "h100") -> Feedback:
         return wrong(name, f"{cid} has the largest speed-up ratio ({g.speedup:.1f}x), but saves only "
                            f"{saving[cid] * 1e6:.1f} us; the question is time saved per step")
     return wrong(name, f"{cid} saves {saving[cid] * 1e6:.1f} us a step (modeled); another group saves more")
+
+
+# why Inductor made a group fusionlab has no candidate for: the kinds a student names, and the words
+# of an InductorDiff row's `why` that say each (the first kind whose words appear wins)
+_INDUCTOR_ONLY_KINDS = {
+    "opaque op": ("opaque op",),
+    "matmul epilogue": ("matmul epilogue",),
+    "view": ("through a view", "view op"),
+    "mixed-order reduction": ("mixed-order", "different rows"),
+    "iteration space": ("iterates over", "iteration space"),
+}
+_KIND_WORDS = {"opaque": "opaque op", "cat": "opaque op", "matmul": "matmul epilogue", "epilogue": "matmul epilogue",
+               "view": "view", "reshape": "view", "mixed": "mixed-order reduction", "different rows": "mixed-order reduction",
+               "column": "mixed-order reduction", "iteration": "iteration space", "domain": "iteration space"}
+
+
+def why_kind(why: str) -> str:
+    """The kind of reason an Inductor-only row of ``inductor_diff`` gives ("opaque op", "view", ...)."""
+    for kind, words in _INDUCTOR_ONLY_KINDS.items():
+        if any(w in why for w in words):
+            return kind
+    return "other"
+
+
+def _student_kind(text) -> str | None:
+    low = str(text).strip().lower()
+    if low in _INDUCTOR_ONLY_KINDS:
+        return low
+    return next((kind for word, kind in _KIND_WORDS.items() if word in low), None)
+
+
+def inductor_only(answer, diff) -> Feedback:
+    """4.4: every group only Inductor makes, and why fusionlab has no candidate for it:
+    ``{inductor kernel id: "opaque op" | "view" | "mixed-order reduction" | "matmul epilogue" | ...}``."""
+    name = "4.4 what only torch.compile fuses"
+    ref = {r.kernels[0]: why_kind(r.why) for r in diff.inductor_only}
+    if is_unanswered(answer):
+        return unanswered(name, "a dict {kernel id: reason}; diff.inductor_only lists Inductor's kernels no "
+                                "candidate matches, each with why; name each reason in two words ('opaque op', "
+                                "'view', 'mixed-order reduction', 'matmul epilogue')")
+    if not ref:
+        if answer == {}:
+            return right(name, "Inductor makes no group here that fusionlab has no candidate for")
+        return wrong(name, "in this diff Inductor makes no group fusionlab lacks: the answer is {}")
+    if not isinstance(answer, dict):
+        return wrong(name, "the answer should be a dict {Inductor kernel id: reason}, like "
+                           f"{{{next(iter(ref))!r}: '...'}}")
+    candidate_ids = {r.candidate: r for r in diff.both + diff.fusionlab_only if r.candidate}
+    both_kernels = {k: r for r in diff.both for k in r.kernels}
+    problems = []
+    for key in answer:
+        if key in candidate_ids:
+            problems.append(f"{key} is a fusionlab candidate ({candidate_ids[key].status}); the question asks for "
+                            "Inductor's kernels no candidate matches (ids like 'bw0.k5')")
+        elif key in both_kernels:
+            problems.append(f"{key} is one both make (= {both_kernels[key].candidate}), not one only Inductor makes")
+        elif key not in ref:
+            problems.append(f"{key!r} is not in diff.inductor_only")
+    missing = [k for k in ref if k not in answer]
+    if missing:
+        problems.append(f"{len(missing)} of the {len(ref)} groups only Inductor makes {'is' if len(missing) == 1 else 'are'} "
+                        "missing")
+    for k, kind in ref.items():
+        if k not in answer:
+            continue
+        said = _student_kind(answer[k])
+        if said is None:
+            problems.append(f"{k}: {answer[k]!r} names no reason; say 'opaque op', 'view', 'mixed-order reduction' "
+                            "or 'matmul epilogue'")
+        elif said != kind:
+            row = next(r for r in diff.inductor_only if r.kernels[0] == k)
+            problems.append(f"{k}: the reason is not '{said}'; read its line: '{row.why}'")
+    if problems:
+        return wrong(name, "; ".join(problems))
+    return right(name, "; ".join(f"{k}: {kind}" for k, kind in ref.items())
+                 + ": each a kind of fusion fusionlab's search does not make (why_not() names the op or the split)")
