@@ -140,7 +140,7 @@ def _row_sets(graph, names, kinds) -> set[tuple]:
 
 def _why_inductor_only(graph, kernel, nodes: set[str], cands, owner_cand, kinds) -> str:
     if kernel.kind == "template" or any(kinds.get(n) == "matmul" for n in kernel.nodes):
-        return "a matmul epilogue: fusionlab never fuses into a matmul"
+        return "a matmul epilogue fusionlab's epilogue search did not make: why_not() says why for the matmul"
     reasons = []
     rows = _row_sets(graph, kernel.nodes, kinds)
     if len(rows) > 1:
