@@ -246,10 +246,12 @@ def _diff():
     from fusionlab.inductor.diff import DiffRow, InductorDiff
 
     d = InductorDiff("GPT2Block")
-    d.both = [DiffRow("both", "fw0", "fw0.matmul+bias+gelu.0", ("fw0.k18",), ("addmm_2", "mul_5")),
-              DiffRow("both", "bw0", "bw0.pointwise.0", ("bw0.k0",), ("div_1", "pow_2"))]
+    d.both = [DiffRow("both", "bw0", "bw0.pointwise.0", ("bw0.k0",), ("div_1", "pow_2"))]
     d.fusionlab_only = [DiffRow("fusionlab only", "fw0", "fw0.layer_norm.0", ("fw0.k0", "fw0.k3"), ("var_mean",),
-                                "Inductor computes it in 2 loop nests (1 C++ function)")]
+                                "Inductor computes it in 2 loop nests (1 C++ function)"),
+                        DiffRow("fusionlab only", "fw0", "fw0.matmul+bias+gelu.0", ("fw0.lib4", "fw0.k18"),
+                                ("addmm_2", "mul_5"), "Inductor runs addmm_2 as its own call (fw0.lib4) and the "
+                                "epilogue as fw0.k18: the product goes to memory and is read back")]
     d.inductor_only = [
         DiffRow("inductor only", "bw0", None, ("bw0.k5",), ("sub_4", "mul_25", "sum_6"),
                 "sum_6: not fusable with its neighbours: reductions over different rows (domains or reduced dims "
@@ -267,6 +269,8 @@ def test_inductor_only():
     fb = ex.inductor_only({"fw0.layer_norm.0": "view", "bw0.k10": "opaque op"}, d)  # a fusionlab-only candidate
     assert not fb and "fusionlab candidate" in fb.message and "missing" in fb.message
     fb = ex.inductor_only({"fw0.k18": "matmul epilogue", "bw0.k5": "mixed", "bw0.k10": "opaque"}, d)
+    assert not fb and "fw0.matmul+bias+gelu.0, a group fusionlab makes" in fb.message
+    fb = ex.inductor_only({"bw0.k0": "view", "bw0.k5": "mixed", "bw0.k10": "opaque"}, d)
     assert not fb and "both make" in fb.message
     assert not ex.inductor_only("bw0.k10", d)
     assert ex.inductor_only(..., d).ok is None

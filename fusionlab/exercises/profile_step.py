@@ -130,14 +130,17 @@ def inductor_only(answer, diff) -> Feedback:
         return wrong(name, "the answer should be a dict {Inductor kernel id: reason}, like "
                            f"{{{next(iter(ref))!r}: '...'}}")
     candidate_ids = {r.candidate: r for r in diff.both + diff.fusionlab_only if r.candidate}
-    both_kernels = {k: r for r in diff.both for k in r.kernels}
+    kernel_rows = {k: r for r in diff.fusionlab_only + diff.both for k in r.kernels}
     problems = []
     for key in answer:
         if key in candidate_ids:
             problems.append(f"{key} is a fusionlab candidate ({candidate_ids[key].status}); the question asks for "
                             "Inductor's kernels no candidate matches (ids like 'bw0.k5')")
-        elif key in both_kernels:
-            problems.append(f"{key} is one both make (= {both_kernels[key].candidate}), not one only Inductor makes")
+        elif key in kernel_rows and key not in ref:
+            r = kernel_rows[key]
+            problems.append(f"{key} is one both make (= {r.candidate})" if r.status == "both" else
+                            f"{key} computes (part of) {r.candidate}, a group fusionlab makes: not one only "
+                            "Inductor makes")
         elif key not in ref:
             problems.append(f"{key!r} is not in diff.inductor_only")
     missing = [k for k in ref if k not in answer]
