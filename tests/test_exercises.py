@@ -354,7 +354,7 @@ def test_norm_apart_from_act():
     assert not fb and "no rule" in fb.message and "fw0." in fb.message
     assert ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("norm", "act"))
     fb = ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("norm", "down"))  # a rule that changes nothing
-    assert not fb and "still holds ops of both" in fb.message
+    assert not fb and "ops of both" in fb.message
     fb = ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("mul", "neg"))  # ops only the forward has
     assert not fb and "the forward is apart" in fb.message and "bw0." in fb.message
     fb = ex.norm_apart_from_act(fl.FusionPlan(cap).never_fuse("norm", "act").never_fuse("mean", "rsqrt"))

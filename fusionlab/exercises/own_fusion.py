@@ -116,10 +116,11 @@ def norm_apart_from_act(plan, norm: str = "norm", act: str = "act") -> Feedback:
     if mixed:
         fw = [cid for cid in mixed if cid.startswith("fw")]
         if not fw:
-            return wrong(name, f"with {rules} the forward is apart, but {', '.join(mixed)} still holds {act}'s "
+            return wrong(name, f"with {rules} the forward is apart, but {', '.join(mixed)} {'still hold' if len(mixed) > 1 else 'still holds'} {act}'s "
                                f"and {norm}'s gradient ops: the backward graph has other ops than the forward "
                                "(no neg, no exp); name what both graphs share")
-        return wrong(name, f"with {rules}, {', '.join(mixed)} still holds ops of both {norm} and {act}")
+        verb = "still hold" if len(mixed) > 1 else "still holds"
+        return wrong(name, f"with {rules}, {', '.join(mixed)} {verb} ops of both {norm} and {act}")
     fw = cap.graph("fw0")
     for mod in (norm, act):
         ops_of = {n for n, i in fw.nodes.items() if within(i.module, mod) and i.kind in ("pointwise", "reduction")}
