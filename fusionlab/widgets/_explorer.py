@@ -126,12 +126,11 @@ class Explorer:
                          layout=w.Layout(width="100%"))
 
     def _table(self):
-        """One line per candidate (``_candidate_list``): checkbox (in the plan), id (click:
-        focus), kernels, saves, modules."""
-        grid, self.checkboxes, self.focus_buttons = candidate_table(
-            self.plan, on_toggle=lambda cid: self._guard(lambda change: self._on_toggle(cid, change)),
-            on_focus=lambda cid: self._guard(lambda _b: self.focus(cid)))
-        return grid
+        """One line per candidate, one widget (``_candidate_list``): checkbox (in the plan), id
+        (click: focus), kernels, saves, measured, modules."""
+        table, self.checkboxes, self.focus_buttons = candidate_table(
+            self.plan, on_toggle=self._guard(self._on_toggle), on_focus=self._guard(self.focus))
+        return table
 
     # ------------------------------------------------------------------ errors
 
@@ -151,11 +150,11 @@ class Explorer:
 
     # ------------------------------------------------------------------ selection
 
-    def _on_toggle(self, cid: str, change) -> None:
+    def _on_toggle(self, cid: str, checked: bool) -> None:
         if self._syncing:
             return
-        action = self.plan.select if change["new"] else self.plan.deselect
-        self._apply(lambda: action(cid), f"{'selected' if change['new'] else 'deselected'} {cid}")
+        action = self.plan.select if checked else self.plan.deselect
+        self._apply(lambda: action(cid), f"{'selected' if checked else 'deselected'} {cid}")
 
     def _apply(self, fn, done: str) -> bool:
         """Run one plan change; on PlanError show it and put every view back to the plan."""
@@ -191,12 +190,7 @@ class Explorer:
         return self
 
     def _sync_checkboxes(self) -> None:
-        self._syncing = True
-        try:
-            for cid, cb in self.checkboxes.items():
-                cb.value = self.plan.is_selected(cid)
-        finally:
-            self._syncing = False
+        self.table.show_selected([cid for cid in self.table.ids if self.plan.is_selected(cid)])
 
     def _refresh(self, graph: bool = True) -> None:
         self._sync_checkboxes()
