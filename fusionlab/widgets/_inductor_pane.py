@@ -63,7 +63,7 @@ class InductorPane:
         self.task = Task("inductor")
         self.measure_task = Task("measure")
         guard = explorer._guard
-        self.toggle = w.ToggleButton(description="torch.compile's kernels", icon="eye",
+        self.toggle = w.ToggleButton(description="torch.compile's kernels", icon="eye", layout=w.Layout(width="auto"),
                                      tooltip="outline each op by the kernel torch.compile's Inductor puts it in")
         self.toggle.observe(guard(lambda c: self._on_toggle(c["new"])), names="value")
         self.measure_button = w.Button(description="measure", icon="clock-o",
