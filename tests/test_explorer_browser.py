@@ -106,6 +106,22 @@ def _walk_through(page, shots, members):
         f"e => e.innerText.includes('1 of {total} candidates selected'))", timeout=60_000)
     canvas.locator(f"g.cluster[id='c:{cid}'] text", has_text=f"[x] {cid}").first.wait_for(timeout=60_000)
     page.screenshot(path=str(shots / "explorer_selected.png"), full_page=True)
+
+    # the candidate list (one widget) follows: that row is checked; a click on another row's
+    # checkbox selects it in the plan, a click on its id shows its kernel
+    rows = page.locator("[data-role=candidate-list]")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-role=candidate-list] input[data-cid=\"{cid}\"]').checked",
+        timeout=60_000)
+    other = next(c for c in members if c != cid and not set(members[c]) & set(members[cid]))
+    rows.locator(f"input[data-cid='{other}']").check()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-OutputArea-output')].some("
+        f"e => e.innerText.includes('2 of {total} candidates selected'))", timeout=60_000)
+    rows.locator(f"[data-focus='{other}']").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-OutputArea-output')].some("
+        f"e => e.innerText.includes('@triton.jit') && e.innerText.includes('{other}'))", timeout=60_000)
     if os.environ.get("FUSIONLAB_UPDATE_DOCS"):
         page.mouse.move(5, 5)  # no hover box over the focused node
         page.wait_for_timeout(200)
@@ -118,10 +134,19 @@ def _walk_through(page, shots, members):
     page.locator(".flg-bar button", has_text="collapse all").click()
     box = canvas.locator("g.node[id^='m:']").first
     box.wait_for(timeout=60_000)
+    page.locator(".flg-bar button", has_text="fit").click()  # the list's focus click zoomed in
     n_closed = canvas.locator("g.node").count()
     box.click()
     page.wait_for_function(
         f"() => document.querySelectorAll('[data-role=canvas] g.node').length > {n_closed}",
         timeout=60_000)
     page.screenshot(path=str(shots / "explorer_expanded.png"), full_page=True)
+
+    # torch.compile's kernels over the graph: compiled in the background, then each op's
+    # label names its Inductor kernel
+    page.locator("button", has_text="torch.compile's kernels").first.click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-role=canvas] g.node text')].some(t => t.textContent.startsWith('tc: '))",
+        timeout=300_000)
+    page.screenshot(path=str(shots / "explorer_inductor.png"), full_page=True)
     assert not page.errors, page.errors

@@ -176,8 +176,9 @@ def _progress(total: int, enabled: bool):
 
 
 def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: bool | None = None,
-                       seed: int = 0) -> CandidateValues:
-    """Measured fused-vs-unfused value of each candidate of `plan` (all, or the ids/Candidates given)."""
+                       seed: int = 0, on_progress=None) -> CandidateValues:
+    """Measured fused-vs-unfused value of each candidate of `plan` (all, or the ids/Candidates given).
+    ``on_progress(done, total)`` is called after each candidate (the explorer's progress bar)."""
     from ..check import random_tensor
     from ..executors import InductorGroupExecutor
     from ..kernels.kernel import extract_subgraph
@@ -205,6 +206,8 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
             rows.append(row)
             if bar is not None:
                 bar.update(1)
+            if on_progress is not None:
+                on_progress(len(rows), len(cands))
     finally:
         if bar is not None:
             bar.close()

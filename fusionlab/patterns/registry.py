@@ -127,13 +127,29 @@ def unregister(name: str, missing_ok: bool = True) -> bool:
     return False
 
 
+_NARGS: dict = {}  # matcher -> how many arguments it takes (inspect.signature is slow)
+
+
+def _nargs(fn) -> int:
+    try:
+        return _NARGS[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n = 2
+    try:
+        _NARGS[fn] = n
+    except TypeError:  # an unhashable callable: asked each time
+        pass
+    return n
+
+
 def call_matcher(p: Pattern, node: torch.fx.Node, view: NodeView) -> list[torch.fx.Node]:
     """The occurrence of `p` anchored at `node` ([] when none), call_function nodes only."""
     fn = p.match
-    try:
-        nargs = len(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        nargs = 2
+    nargs = _nargs(fn)
     try:
         got = fn(node, view) if nargs >= 2 else fn(node)
     except Exception as e:  # noqa: BLE001 - a user's matcher failing names the pattern

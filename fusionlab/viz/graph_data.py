@@ -23,6 +23,30 @@ OPEN_ALL = 150  # a graph with at most this many drawn nodes opens fully expande
 OPEN_LIMIT = 80  # otherwise modules open, largest first, while this many items show
 BOX_STYLE = {"fillcolor": "#eef2ff", "color": "#4338ca"}
 BOX_PREFIX = "m:"  # visible ids: op nodes by name, module boxes as "m:<path>"
+# torch.compile's kernels overlaid: each op outlined in its Inductor kernel's colour (the
+# colours cycle; the label names the kernel), a library call in black, no kernel dashed grey
+INDUCTOR_COLORS = ("#0891b2", "#c026d3", "#ea580c", "#16a34a", "#4f46e5", "#db2777", "#65a30d", "#0d9488")
+INDUCTOR_LIBRARY = "#111827"
+INDUCTOR_NONE = "#9ca3af"
+
+
+def inductor_text(row: dict | None) -> str:
+    """Hover lines for one node of ``InductorDecisions.overlay()``: its kernel, recompute,
+    why it has none, Inductor's refusals that involve it."""
+    if not row:
+        return "torch.compile: not compiled (Inductor could not compile this graph)"
+    kernel, kind = row["kernel"], row["kind"]
+    if kind == "no kernel":
+        lines = [f"torch.compile: no kernel ({row.get('why_no_kernel') or 'computed inside another op'})"]
+    else:
+        lines = [f"torch.compile: {kernel} ({kind})"]
+    if row.get("recomputed_in"):
+        lines.append(f"  recomputed in {', '.join(row['recomputed_in'])}")
+    reasons = row.get("reasons") or []
+    lines += [f"  refused: {r}" for r in reasons[:4]]
+    if len(reasons) > 4:
+        lines.append(f"  ... {len(reasons) - 4} more refusals")
+    return "\n".join(lines)
 
 
 def ancestors(path: str) -> list[str]:
@@ -212,9 +236,11 @@ class GraphData:
                         out[key] = out.get(key, True) and dashed
         return [(a, b, d) for (a, b), d in out.items()]
 
-    def view(self, expanded, selected=(), focus: str = "", focus_candidate: str = "") -> dict:
+    def view(self, expanded, selected=(), focus: str = "", focus_candidate: str = "",
+             inductor: dict | None = None) -> dict:
         """What is visible with modules ``expanded`` open: items (hover info by visible id),
-        clusters (candidate id -> label, selected, visible members), edges, and DOT text."""
+        clusters (candidate id -> label, selected, visible members), edges, and DOT text.
+        ``inductor``: this graph's rows of ``InductorDecisions.overlay()`` to draw over it."""
         expanded = set(expanded)
         sel = set(selected)
         order: list[str] = []
@@ -230,6 +256,8 @@ class GraphData:
                 items[vid] = self._box_info(vid[len(BOX_PREFIX):], sel)
             else:
                 items[vid] = self.nodes[vid].info()
+            if inductor is not None:
+                items[vid]["inductor"] = self._inductor_info(vid, inductor)
         clusters: dict[str, dict] = {}
         for cid, c in self.candidates.items():
             members = [n for n in c["nodes"] if n in seen]
@@ -243,10 +271,28 @@ class GraphData:
         # the drawing it has instead of laying it out again (focus is drawn by the browser)
         plain_items = {k: dict(v, selected=0) if v["type"] == "module" else v for k, v in items.items()}
         plain = {cid: dict(c, selected=False, label=c["label"].removeprefix("[x] ")) for cid, c in clusters.items()}
+        colors = self._inductor_colors(inductor) if inductor is not None else None
         return {"graph": self.tag, "kind": self.kind, "items": items, "clusters": clusters,
                 "edges": [list(e) for e in edges], "focus": focus, "focus_candidate": focus_candidate,
-                "dot": self._dot(order, items, clusters, edges),
-                "layout": self._dot(order, plain_items, plain, edges)}
+                "inductor": inductor is not None,
+                "dot": self._dot(order, items, clusters, edges, inductor, colors),
+                "layout": self._dot(order, plain_items, plain, edges, inductor, colors)}
+
+    def _inductor_info(self, vid: str, inductor: dict) -> str:
+        if not vid.startswith(BOX_PREFIX):
+            return inductor_text(inductor.get(vid))
+        kernels = {inductor[n]["kernel"] for n in self._drawn_in[vid[len(BOX_PREFIX):]]
+                   if n in inductor and inductor[n]["kind"] not in ("no kernel", "library call")}
+        return f"torch.compile: {len(kernels)} generated kernels here"
+
+    def _inductor_colors(self, inductor: dict) -> dict[str, str]:
+        """Inductor kernel id -> outline colour, cycling in graph order."""
+        out: dict[str, str] = {}
+        for n in self.nodes:
+            row = inductor.get(n)
+            if row and row["kind"] not in ("no kernel", "library call") and row["kernel"] not in out:
+                out[row["kernel"]] = INDUCTOR_COLORS[len(out) % len(INDUCTOR_COLORS)]
+        return out
 
     def _box_info(self, path: str, sel: set) -> dict:
         inside = set(self._drawn_in[path])
@@ -255,7 +301,7 @@ class GraphData:
                 "ops": len(inside), "candidates": len(cands),
                 "selected": sum(1 for c in cands if c in sel)}
 
-    def _dot(self, order, items, clusters, edges) -> str:
+    def _dot(self, order, items, clusters, edges, inductor=None, colors=None) -> str:
         """The DOT text; the focus is not in it (the browser marks it on the drawing, so a
         focus change needs no new layout)."""
         lines = [f"digraph {_q(self.tag)} {{",
@@ -282,6 +328,9 @@ class GraphData:
                 label = f"{short_op(node.op)}\n{vid} {node.shape}".strip()
                 if node.output:
                     style["peripheries"] = "2"
+                if inductor is not None:
+                    style.update(self._inductor_style(inductor.get(vid), colors))
+                    label += "\n" + style.pop("label")
             return f"    {_q(vid)} [{attrs(dict(style, label=label, id=vid))}];"
 
         in_cluster = {n: cid for cid, c in clusters.items() for n in c["members"]}
@@ -298,6 +347,18 @@ class GraphData:
             lines.append(f"  {_q(a)} -> {_q(b)}{' [style=dashed]' if dashed else ''};")
         lines.append("}")
         return "\n".join(lines)
+
+    @staticmethod
+    def _inductor_style(row: dict | None, colors: dict) -> dict:
+        """A node's outline and last label line under the torch.compile overlay."""
+        if not row:
+            return {"color": INDUCTOR_NONE, "style": "filled,dashed", "label": "tc: not compiled"}
+        if row["kind"] == "no kernel":
+            return {"color": INDUCTOR_NONE, "style": "filled,dashed", "penwidth": "1.5", "label": "tc: no kernel"}
+        if row["kind"] == "library call":
+            return {"color": INDUCTOR_LIBRARY, "penwidth": "2.5", "label": f"tc: {row['kernel']} (library)"}
+        return {"color": colors.get(row["kernel"], INDUCTOR_COLORS[0]), "penwidth": "3",
+                "label": f"tc: {row['kernel']}"}
 
     def search_index(self) -> list[list[str]]:
         """[key, what, module] rows the search box filters: nodes, modules, candidates."""

@@ -1,6 +1,9 @@
 """The explorer: one FusionPlan behind a candidate list, the graph, the kernel, summary and
 profile panes, every view linked to the others.
 
+One piece: the wiring of every pane to the one plan (each callback, ``_refresh``, the script
+methods that stand for clicks) reads as one story; each pane's own work is in its module.
+
 State is plain: ``Explorer.plan`` is the FusionPlan, and the graph widget
 (``widgets.graph.GraphWidget``) holds the same plan. Every change goes through
 ``plan.select``/``plan.deselect``, whoever makes it (a checkbox, a click on a cluster, code),
@@ -17,6 +20,11 @@ and then every view re-reads the plan:
 - checks, compiles for a GPU target and profiles run in the background inside a kernel,
   each with a progress bar and the time it took (``_tasks``); ``ex.wait()`` waits for them.
 - ``ex.to_html(path)``: the explorer as one standalone page (``_snapshot``).
+- torch.compile (``_inductor_pane``): ``ex.show_inductor(True)`` draws Inductor's kernels over
+  the graph, the "torch.compile" tab diffs them with the candidates; ``ex.measure()`` times
+  each candidate (CPU) into the list's measured column.
+- rules: ``ex.plan.never_fuse(...)`` then ``ex.refresh()`` rebuilds the list, the graph's
+  clusters and the diff from the plan's new candidates; the summary lists rules and skips.
 
 A refused selection (PlanError) and any error in a callback are shown in the message line
 (and the graph's), never raised into the notebook; the checkboxes go back to the plan.
@@ -31,6 +39,7 @@ from ..gpus import GPUS
 from ..plan import FusionPlan, PlanError
 from . import _html
 from ._candidate_list import candidate_table
+from ._inductor_pane import InductorPane
 from ._kernel_pane import KernelPane
 from ._profile_pane import ProfilePane
 from ._tasks import Task
@@ -63,14 +72,14 @@ class Explorer:
         self.background = background
         self._unfused: dict = {}  # gpu -> roofline of the unfused step (it never changes)
         self.figures: dict = {}  # "summary" / "candidates" / "profile" -> latest plotly figure
-        self._owner = {f"{c.graph}:{n}": c.id for c in self.plan.candidates for n in c.nodes}
-        self._ids = {c.id for c in self.plan.candidates}
+        self._index_candidates()
         self._syncing = False
         self._charts_stale = True
         self.graph = GraphWidget(self.plan, layout=w.Layout(width="55%", min_width="360px",
                                                              overflow="hidden"))
         self.kernel_pane = KernelPane(self.plan, capture, background=background)
         self.profile_pane = ProfilePane(self, background=background)
+        self.inductor_pane = InductorPane(self, background=background)
         self._build()
         for name, fn in (("selected", self._on_graph_selected), ("focused", self._on_graph_focus),
                          ("focus_candidate", self._on_graph_focus), ("message", self._on_graph_message)):
@@ -82,6 +91,7 @@ class Explorer:
 
     def _build(self) -> None:
         w = self._w
+        ind = self.inductor_pane
         cap = self.capture
         graphs = ", ".join(f"{g.tag} {len(g.nodes)} nodes" for g in cap.graphs)
         breaks = f"; {len(cap.breaks)} graph break(s)" if cap.breaks else ""
@@ -113,25 +123,25 @@ class Explorer:
         self.chart_task = Task("charts")
         summary_tab = w.VBox([self.gpu, self.summary_html, self.chart_task.status, self.summary_chart,
                               self.candidates_chart, self.why_not])
-        self.tabs = w.Tab(children=[summary_tab, self.profile_pane.box])
-        for i, t in enumerate(("summary (modeled)", "profile (measured)")):
+        self.tabs = w.Tab(children=[summary_tab, self.profile_pane.box, ind.box])
+        for i, t in enumerate(("summary (modeled)", "profile (measured)", "torch.compile")):
             self.tabs.set_title(i, t)
         self.tabs.observe(self._guard(lambda _c: self._charts()), names="selected_index")
 
-        buttons = w.HBox([self.select_all_button, self.clear_button, self.message])
+        buttons = w.HBox([self.select_all_button, self.clear_button, ind.toggle, ind.measure_button, self.message])
         panes = w.HBox([self.graph, self.kernel_pane.box], layout=w.Layout(width="100%"))
         # the profile's status line is shown here too (two views of one widget)
-        self.ui = w.VBox([self.header, buttons, self.loop, self.profile_pane.task.status, self.table,
+        self.ui = w.VBox([self.header, buttons, self.loop, self.profile_pane.task.status, ind.measure_task.status,
+                          ind.task.status, self.table,
                           panes, self.tabs],
                          layout=w.Layout(width="100%"))
 
     def _table(self):
-        """One line per candidate (``_candidate_list``): checkbox (in the plan), id (click:
-        focus), kernels, saves, modules."""
-        grid, self.checkboxes, self.focus_buttons = candidate_table(
-            self.plan, on_toggle=lambda cid: self._guard(lambda change: self._on_toggle(cid, change)),
-            on_focus=lambda cid: self._guard(lambda _b: self.focus(cid)))
-        return grid
+        """One line per candidate, one widget (``_candidate_list``): checkbox (in the plan), id
+        (click: focus), kernels, saves, measured, modules."""
+        table, self.checkboxes, self.focus_buttons = candidate_table(
+            self.plan, on_toggle=self._guard(self._on_toggle), on_focus=self._guard(self.focus))
+        return table
 
     # ------------------------------------------------------------------ errors
 
@@ -151,11 +161,11 @@ class Explorer:
 
     # ------------------------------------------------------------------ selection
 
-    def _on_toggle(self, cid: str, change) -> None:
+    def _on_toggle(self, cid: str, checked: bool) -> None:
         if self._syncing:
             return
-        action = self.plan.select if change["new"] else self.plan.deselect
-        self._apply(lambda: action(cid), f"{'selected' if change['new'] else 'deselected'} {cid}")
+        action = self.plan.select if checked else self.plan.deselect
+        self._apply(lambda: action(cid), f"{'selected' if checked else 'deselected'} {cid}")
 
     def _apply(self, fn, done: str) -> bool:
         """Run one plan change; on PlanError show it and put every view back to the plan."""
@@ -191,14 +201,26 @@ class Explorer:
         return self
 
     def _sync_checkboxes(self) -> None:
-        self._syncing = True
-        try:
-            for cid, cb in self.checkboxes.items():
-                cb.value = self.plan.is_selected(cid)
-        finally:
-            self._syncing = False
+        self.table.show_selected([cid for cid in self.table.ids if self.plan.is_selected(cid)])
+
+    def _index_candidates(self) -> None:
+        self._cands = self.plan.candidates
+        self._owner = {f"{c.graph}:{n}": c.id for c in self._cands for n in c.nodes}
+        self._ids = {c.id for c in self._cands}
+
+    def refresh(self) -> Explorer:
+        """Re-read the plan after code changed it (``ex.plan.never_fuse(...)``, ``plan.select``)."""
+        self._guard(self._refresh)()
+        return self
 
     def _refresh(self, graph: bool = True) -> None:
+        if self.plan.candidates is not self._cands:  # a rule changed the candidates
+            self._index_candidates()
+            self.table.set_candidates(self._cands, [c.id for c in self.plan.selected])
+            self.graph.set_candidates(self._cands)
+            self.inductor_pane.update_diff()
+            self.kernel_pane.kernels.clear()  # a candidate id may now hold other nodes
+            graph = True
         self._sync_checkboxes()
         if graph:
             self._syncing = True  # the graph follows the plan: not a click to answer
@@ -370,10 +392,22 @@ class Explorer:
         """Write the selected kernels (or the focused one) as standalone modules into `folder`."""
         return self.kernel_pane.inspector.export(folder)
 
+    def show_inductor(self, on: bool = True) -> Explorer:
+        """Draw torch.compile's kernels over the graph (compiled in the background the first
+        time; ``ex.wait()``), and fill the "torch.compile" tab with the diff."""
+        self.inductor_pane.show(on)
+        return self
+
+    def measure(self, candidates=None, rounds: int = 30) -> Explorer:
+        """Time each candidate (or the ids given) fused vs unfused on this CPU (``measure_candidates``,
+        in the background); the candidate list then shows each one's measured ratio and verdict."""
+        self.inductor_pane.measure(rounds, candidates)
+        return self
+
     def wait(self, timeout: float | None = None) -> Explorer:
         """Until the background checks, compiles and profiles have ended."""
         for task in (self.kernel_pane.task, self.kernel_pane.inspector.task, self.profile_pane.task,
-                     self.chart_task):
+                     self.chart_task, self.inductor_pane.task, self.inductor_pane.measure_task):
             task.wait(timeout)
         return self
 

@@ -154,8 +154,20 @@ def summary_html(summary) -> str:
         f"<b>{fmt(summary.bytes_before)} &rarr; {fmt(summary.bytes_after)}</b>{ratio}</div>"
         "<table style='font-size:12px;border-collapse:collapse;margin:4px 0'><tr>"
         f"<th style='padding:1px 12px'>graph</th>{th}kernels unfused</th>{th}with plan</th>"
-        f"{th}bytes unfused</th>{th}with plan</th></tr>{rows}</table>"
+        f"{th}bytes unfused</th>{th}with plan</th></tr>{rows}</table>" + rules_html(summary)
     )
+
+
+def rules_html(summary) -> str:
+    """The plan's rules (``plan.never_fuse``/``always_fuse``) and what select_all skipped."""
+    lines = [f"<li data-role='rule'>rule: <code>{html.escape(str(r))}</code></li>" for r in summary.rules]
+    lines += [f"<li data-role='skipped'>skipped <code>{html.escape(cid)}</code>: {html.escape(why)}</li>"
+              for cid, why in summary.skipped]
+    if not lines:
+        return ""
+    return (f"<div style='font-size:12px'><b>rules and skipped candidates</b> <span style='color:{MUTED}'>"
+            "(ex.plan.never_fuse / always_fuse / remove_rule, then ex.refresh())</span><ul style='margin:2px 0'>"
+            + "".join(lines) + "</ul></div>")
 
 
 def zero_saving_note(c) -> str:

@@ -126,6 +126,17 @@ def _kernels_html(ex) -> str:
     return "".join(parts)
 
 
+def _inductor_html(ex) -> str:
+    """The fusionlab vs torch.compile diff and the measured values, where they were computed."""
+    pane = ex.inductor_pane
+    parts = []
+    if pane.diff is not None:
+        parts.append(f"<div id='fl-inductor'>{pane.diff_box.value}</div>")
+    if pane.values is not None:
+        parts.append(f"<div id='fl-measured'>{pane.values._repr_html_()}</div>")
+    return "<h2>torch.compile (Inductor)</h2>" + "".join(parts) if parts else ""
+
+
 def _profile_html(ex) -> str:
     res = ex.profile_result
     if res is None:
@@ -174,6 +185,7 @@ def snapshot_html(ex) -> str:
         f"<h2>Plan</h2><div id='fl-plan'>{_plan_html(ex)}</div>",
         f"<h2>Selected kernels ({len(ex.plan.selected)})</h2><div id='fl-kernels'>{_kernels_html(ex)}</div>",
         f"<h2>Profile (measured)</h2><div id='fl-profile'>{_profile_html(ex)}</div>",
+        _inductor_html(ex),
         _json_script(snapshot_data(ex), "fl-data"),
         f'<script type="text/plain" id="fl-bundle">{bundle}</script>',
         f'<script type="module">\n{(STATIC / "snapshot.js").read_text()}\n</script>',

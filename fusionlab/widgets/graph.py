@@ -14,6 +14,9 @@ State, all traitlets, synced both ways (code changes redraw the view, clicks cha
 - ``focused``: "fw0:addmm_3" (a node) or ""; ``focus_candidate``: the candidate holding
   the focused node, or the candidate focused directly
 - ``view``: what the browser draws (items, clusters, edges, DOT), recomputed from the above
+- ``show_inductor``: draw torch.compile's kernels over the graph (``set_inductor(overlay)``
+  gives them: ``InductorDecisions.overlay()``): each op outlined in its Inductor kernel's
+  colour with the kernel named in its label, its reasons (no kernel, refusals) on hover
 
 >>> w = GraphWidget(plan)        # or GraphWidget(capture)
 >>> w.select("softmax"); w.focus("fw0.layer_norm.0"); w.expand("h.0")
@@ -45,11 +48,13 @@ class GraphWidget(anywidget.AnyWidget):
     view = t.Dict().tag(sync=True)
     index = t.Dict().tag(sync=True)  # graph tag -> search rows [key, what, module]
     height = t.Unicode("640px").tag(sync=True)
+    show_inductor = t.Bool(False).tag(sync=True)
 
     def __init__(self, plan, graph: str | None = None, show_views: bool = False, **kwargs):
         if not isinstance(plan, FusionPlan):
             plan = FusionPlan(plan)
         self.plan = plan
+        self._show_views = show_views
         self._data = {g.tag: GraphData.build(g, plan.candidates, show_views) for g in plan.capture.graphs}
         if not self._data:
             raise ValueError("the capture has no graphs to draw")
@@ -57,6 +62,7 @@ class GraphWidget(anywidget.AnyWidget):
         if first not in self._data:
             raise KeyError(f"no graph {first!r}; graphs are {list(self._data)}")
         self._busy = False
+        self.inductor: dict | None = None  # InductorDecisions.overlay(), once computed
         super().__init__(graph=first, graphs=list(self._data),
                          selected=[c.id for c in plan.selected],
                          expanded=sorted(self._data[first].default_expanded()),
@@ -66,6 +72,7 @@ class GraphWidget(anywidget.AnyWidget):
         self.observe(self._on_focused, "focused")
         self.observe(self._on_focus_candidate, "focus_candidate")
         self.observe(self._redraw, "expanded")
+        self.observe(self._redraw, "show_inductor")
         self._redraw()
 
     # ------------------------------------------------------------------ scripting
@@ -130,6 +137,24 @@ class GraphWidget(anywidget.AnyWidget):
             return self
         self.expanded = sorted(p for p in self.expanded
                                if not any(p == m or p.startswith(m + ".") for m in modules))
+        return self
+
+    def set_candidates(self, candidates) -> GraphWidget:
+        """Rebuild the clusters from new candidates (a rule changed the plan's); open modules
+        that still exist stay open."""
+        show_views = self._show_views
+        self._data = {g.tag: GraphData.build(g, candidates, show_views) for g in self.plan.capture.graphs}
+        self.index = {tag: d.search_index() for tag, d in self._data.items()}
+        if self.focus_candidate and self.focus_candidate not in self.plan._by_id:
+            self.focus_candidate = ""
+        return self.refresh()
+
+    def set_inductor(self, overlay: dict | None) -> GraphWidget:
+        """Inductor's kernels per graph and node (``InductorDecisions.overlay()``); drawn
+        while ``show_inductor`` is set."""
+        self.inductor = overlay
+        if self.show_inductor:
+            self._redraw()
         return self
 
     def show(self, graph: str) -> GraphWidget:
@@ -230,7 +255,10 @@ class GraphWidget(anywidget.AnyWidget):
     def _redraw(self, *_change) -> None:
         tag, _, name = self.focused.partition(":")
         focus = name if tag == self.graph else ""
-        self.view = self.data.view(self.expanded, self.selected, focus, self.focus_candidate)
+        overlay = None
+        if self.show_inductor and self.inductor is not None:
+            overlay = self.inductor.get(self.graph, {})
+        self.view = self.data.view(self.expanded, self.selected, focus, self.focus_candidate, overlay)
 
     def __repr__(self) -> str:
         items = self.view.get("items", {})

@@ -65,7 +65,8 @@ function h(tag, attrs = {}, ...kids) {
 function tipText(it, view) {
   if (!it) return "";
   if (it.type === "module") {
-    return `${it.module}  (${it.module_type || "module"})\n${it.ops} ops, ${it.candidates} candidates, ${it.selected} selected\nclick to open`;
+    return `${it.module}  (${it.module_type || "module"})\n${it.ops} ops, ${it.candidates} candidates, ${it.selected} selected` +
+      (it.inductor ? `\n${it.inductor}` : "") + "\nclick to open";
   }
   const lines = [`${it.name} = ${it.op}  (${it.kind})`, `${it.shape || "-"}  ${it.bytes}`];
   lines.push(`module: ${it.module || "-"}`);
@@ -76,6 +77,7 @@ function tipText(it, view) {
   } else if (it.why_not) lines.push(`not fused: ${it.why_not}`);
   else if (it.kind === "placeholder") lines.push("an input of the graph (parameter, model input or saved tensor)");
   if (it.output) lines.push("an output of the graph");
+  if (it.inductor) lines.push(it.inductor);
   return lines.join("\n");
 }
 
