@@ -80,3 +80,13 @@ def zoo_plan(zoo_capture, zoo_candidates):
         return plan.select_all() if select == "all" else plan.select(select) if select else plan
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The notebooks' run times (tests/test_notebooks.py, each pinned to one CPU), after the run."""
+    rows = [v for r in terminalreporter.stats.get("passed", []) for k, v in getattr(r, "user_properties", ())
+            if k == "notebook_seconds"]
+    if rows:
+        terminalreporter.write_sep("-", "notebook run times (measured, one CPU each)")
+        for name, seconds, cpus in sorted(rows):
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s on CPU {cpus}")

@@ -121,15 +121,37 @@ def execute(path: Path, kernel_name: str, timeout: int = 600):
     return nb
 
 
+def _one_cpu() -> set[int] | None:
+    """One CPU for this test process: pytest-xdist worker gwN gets the N-th allowed CPU."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    return {allowed[n % len(allowed)]}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs(name, kernel_name, tmp_path, monkeypatch):
-    """Every cell runs without an error (nbclient raises CellExecutionError on the first that fails)."""
+def test_notebook_runs(name, kernel_name, tmp_path, monkeypatch, record_property):
+    """Every cell runs without an error (nbclient raises CellExecutionError on the first that fails).
+
+    The notebook's kernel is pinned to one CPU (the issue's budget: 3 minutes on one core) and
+    its time is reported in the run's summary (``conftest.pytest_terminal_summary``), never asserted."""
     monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cpus = _one_cpu()
+    before = os.sched_getaffinity(0) if cpus else None
     t = time.perf_counter()
-    nb = execute(NOTEBOOKS / name, kernel_name)
-    print(f"{name}: {time.perf_counter() - t:.1f} s")
+    try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # the kernel process inherits it
+        nb = execute(NOTEBOOKS / name, kernel_name)
+    finally:
+        if before:
+            os.sched_setaffinity(0, before)
+    seconds = time.perf_counter() - t
+    record_property("notebook_seconds", (name, round(seconds, 1), sorted(cpus) if cpus else "all CPUs"))
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code)
     assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"]
