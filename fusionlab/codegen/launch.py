@@ -130,12 +130,10 @@ FIX_LAYOUT = '''def _fix_layout(t, shape, stride, dtype, name):
     return torch.empty_strided(t.shape, stride, dtype=dtype, device=t.device).copy_(t).expand(shape)'''
 
 
-def launcher_source(ir: KernelIR, kind: str, gpu: dict, cpu: dict, int_args: dict[str, str]) -> str:
-    """The ``launch_<kernel>`` function; `int_args` maps each integer kernel argument to the
-    expression the launcher passes for it."""
+def launcher_head(ir: KernelIR, dev: str) -> list[str]:
+    """The first lines of every ``launch_<kernel>``: its signature and docstring, each input
+    brought to the layout the kernel was generated for, and the outputs allocated."""
     ins = [t.key for t in ir.inputs]
-    outs = [t.key for t in ir.outputs]
-    dev = f"{ins[0]}.device" if ins else '"cuda"'
     lines = [
         f"def launch_{ir.name}({', '.join(ins + ['*', 'config=None'])}):",
         f'    """Run {ir.name}: takes {", ".join(t.node for t in ir.inputs)}; '
@@ -144,6 +142,16 @@ def launcher_source(ir: KernelIR, kind: str, gpu: dict, cpu: dict, int_args: dic
     lines += [f"    {t.key} = _fix_layout({t.key}, {t.shape!r}, {t.stride!r}, {t.dtype}, {t.node!r})" for t in ir.inputs]
     lines += [f"    {t.key} = torch.empty_strided({t.shape!r}, {t.stride!r}, dtype={t.dtype}, device={dev})"
               for t in ir.outputs]
+    return lines
+
+
+def launcher_source(ir: KernelIR, kind: str, gpu: dict, cpu: dict, int_args: dict[str, str]) -> str:
+    """The ``launch_<kernel>`` function; `int_args` maps each integer kernel argument to the
+    expression the launcher passes for it."""
+    ins = [t.key for t in ir.inputs]
+    outs = [t.key for t in ir.outputs]
+    dev = f"{ins[0]}.device" if ins else '"cuda"'
+    lines = launcher_head(ir, dev)
     if kind != "pointwise":
         lines.append(f"    n_rows, n_cols = {ir.layout.xnumel}, {ir.layout.rnumel}")
     lines += [

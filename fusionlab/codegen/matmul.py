@@ -36,7 +36,13 @@ from ..capture import CapturedGraph
 from ..epilogue import MatmulSpec, is_matmul, matmul_spec, split_domain
 from .domain import INT32_MAX, aligned_strides
 from .helpers import helper_source, helpers_used
-from .launch import FIX_LAYOUT, matmul_config, matmul_configs, matmul_interpreter_config
+from .launch import (
+    FIX_LAYOUT,
+    launcher_head,
+    matmul_config,
+    matmul_configs,
+    matmul_interpreter_config,
+)
 from .lower import KernelIR, Lowerer, LoweringError, Stmt, TensorArg, safe_name
 from .source import KernelSource
 
@@ -318,14 +324,7 @@ def _launcher(ir: KernelIR, spec: MatmulSpec, gpu: dict, cpu: dict, bf16: bool) 
     ins = [t.key for t in ir.inputs]
     outs = [t.key for t in ir.outputs]
     dev = f"{ins[0]}.device"
-    lines = [
-        f"def launch_{ir.name}({', '.join(ins + ['*', 'config=None'])}):",
-        f'    """Run {ir.name}: takes {", ".join(t.node for t in ir.inputs)}; '
-        f'returns {", ".join(t.node for t in ir.outputs)}."""',
-    ]
-    lines += [f"    {t.key} = _fix_layout({t.key}, {t.shape!r}, {t.stride!r}, {t.dtype}, {t.node!r})" for t in ir.inputs]
-    lines += [f"    {t.key} = torch.empty_strided({t.shape!r}, {t.stride!r}, dtype={t.dtype}, device={dev})"
-              for t in ir.outputs]
+    lines = launcher_head(ir, dev)
     lines += [
         "    if config is None:  # big tiles for the interpreter (CPU), GPU-sized ones for a GPU",
         f"        config = {cpu!r} if {dev}.type == \"cpu\" else {gpu!r}",
