@@ -48,7 +48,7 @@ def profile_parser() -> _Parser:
     p = _Parser(prog="%fusionlab profile", add_help=False)
     p.add_argument("model", metavar="MODEL", help="a name or expression in the notebook, or zoo:NAME")
     p.add_argument("inputs", nargs="?", metavar="INPUTS", help="a tensor or a tuple of them (optional for zoo:)")
-    p.add_argument("--loss", default=None, metavar="NAME", help="loss_fn(output, *inputs) in the notebook")
+    p.add_argument("--loss", default=None, metavar="NAME", help="loss_fn(output) -> scalar, a name in the notebook")
     add_profile_options(p)  # the same options and defaults as python -m fusionlab profile
     return p
 
@@ -57,7 +57,7 @@ def inductor_parser() -> _Parser:
     p = _Parser(prog="%fusionlab inductor", add_help=False)
     p.add_argument("model", metavar="MODEL", help="a name or expression in the notebook, or zoo:NAME")
     p.add_argument("inputs", nargs="?", metavar="INPUTS", help="a tensor or a tuple of them (optional for zoo:)")
-    p.add_argument("--loss", default=None, metavar="NAME", help="loss_fn(output, *inputs) in the notebook")
+    p.add_argument("--loss", default=None, metavar="NAME", help="loss_fn(output) -> scalar, a name in the notebook")
     return p
 
 

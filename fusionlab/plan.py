@@ -335,7 +335,8 @@ class FusionPlan:
         return make_backend(self, **options)
 
     def compile(self, model, **options):
-        """``torch.compile(model, backend=self.backend(), dynamic=False)``: the fused model."""
+        """The fused training step (:class:`fusionlab.backend.FusedStep`): ``loss = fused(*inputs)``
+        runs the model and the capture's loss, compiled with ``self.backend()``, ``dynamic=False``."""
         from .backend import compile_model
 
         return compile_model(self, model, **options)
