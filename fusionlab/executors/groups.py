@@ -177,13 +177,14 @@ def _outside_compile():
         yield
 
 
-def _input_meta(graph: CapturedGraph, cand: Candidate) -> list[tuple]:
+def input_meta(graph: CapturedGraph, cand: Candidate) -> list[tuple]:
+    """(name, shape, stride, dtype, device) of each group input, as the group executor sees them."""
     nodes = {n.name: n for n in graph.gm.graph.nodes}
     metas = []
     for name in cand.inputs:
         val = nodes[name].meta.get("val")
         if not isinstance(val, torch.Tensor):
-            raise ValueError(f"group input {name} is not a tensor ({type(val).__name__})")
+            raise ValueError(f"group input {name} of {cand.id} is not a tensor ({type(val).__name__})")
         metas.append((name, tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()),
                       val.dtype, val.device))
     return metas
@@ -290,7 +291,7 @@ class InductorGroupExecutor:
         return fn, status
 
     def _build(self, cand: Candidate, graph: CapturedGraph):
-        metas = _input_meta(graph, cand)
+        metas = input_meta(graph, cand)
         sub = extract_subgraph(graph.gm, cand)
         key = (sub.code, tuple(m[1:] for m in metas))
         name = f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"

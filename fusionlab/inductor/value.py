@@ -127,19 +127,6 @@ def _key(sub, metas, rounds: int, executor: str) -> str:
                           torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
 
 
-def _input_meta(graph, cand) -> list[tuple]:
-    """(name, shape, stride, dtype, device) of each group input, as the group executor sees them."""
-    nodes = {n.name: n for n in graph.gm.graph.nodes}
-    out = []
-    for name in cand.inputs:
-        val = nodes[name].meta.get("val")
-        if not isinstance(val, torch.Tensor):
-            raise ValueError(f"group input {name} of {cand.id} is not a tensor ({type(val).__name__})")
-        out.append((name, tuple(int(s) for s in val.shape), tuple(int(s) for s in val.stride()), val.dtype,
-                    val.device))
-    return out
-
-
 def _time_pair(fused, unfused, inputs, rounds: int) -> tuple[list[float], list[float]]:
     """Interleaved: each round times one unfused and one fused call (order alternating)."""
     with torch.no_grad():
@@ -217,7 +204,9 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
 def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen) -> CandidateValue:
     """One candidate's row; a candidate with the same ops, wiring and inputs as one measured in
     this run (the same block in another layer) gets that measurement, saying whose."""
-    metas = _input_meta(graph, c)
+    from ..executors.groups import input_meta  # the inputs as the group executor sees them
+
+    metas = input_meta(graph, c)
     sub = extract_subgraph(graph.gm, c)
     key = _key(sub, metas, rounds, executor.name)
     if key in seen:
