@@ -175,6 +175,8 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         cands, _ = graph_candidates(graph, rules=tuple(getattr(plan, "rules", ())))
         keyed = _keyed(cands)
         chosen, refused = [], []
+        if executor is not None and hasattr(executor, "prepare"):  # all the graph's checks in one compile
+            executor.prepare(graph, [keyed[k] for k in wanted if k in keyed])
         for key in wanted:
             cand = keyed.get(key)
             if cand is None:

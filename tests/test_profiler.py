@@ -157,15 +157,16 @@ def test_inductor_executor_matches_eager_over_three_steps(block, plan, executor,
 
 def test_executor_refuses_a_group_that_does_not_match(block, plan, monkeypatch, tmp_path):
     import fusionlab.executors.groups as ex_mod
+    from fusionlab.executors import checks
 
-    def wrong(sub, examples, name):
+    def wrong(sub, examples, name, **kw):
         def fn(args):
             return tuple(torch.zeros_like(o) + 1 for o in sub(*args))
 
         return CompiledGroup(name, fn, 1, 0.0, "", True, "test")
 
     monkeypatch.setattr(InductorGroupExecutor, "_cache", {})
-    monkeypatch.setattr(InductorGroupExecutor, "_checks", {})  # and no check result known (nor on disk)
+    monkeypatch.setattr(checks, "KNOWN", {})  # and no check result known (nor on disk)
     monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ex_mod, "_compile_group", wrong)
     ex = InductorGroupExecutor()

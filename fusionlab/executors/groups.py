@@ -5,28 +5,23 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import hashlib
 import re
 import time
-from pathlib import Path
 
 import torch
 import torch.fx
 
-from .. import cache
 from ..candidates import Candidate
 from ..capture import CapturedGraph
 from ..check import (
     TOLERANCES,  # noqa: F401 - the table the group checks hold Inductor to (tests check it is the one)
     CheckResult,
-    check_outputs,
-    float64_reference,
     random_tensor,
-    special_tensor,
 )
 from ..kernels.kernel import KernelStatus, extract_subgraph
+from . import checks
+from .checks import check_groups, check_key, new_result, store_check, stored_check
+from .policy import compile_with_policy, policy_for
 
 # kernel calls in Inductor's generated ``call`` function
 _CALL_LINE = re.compile(
@@ -62,20 +57,21 @@ class CompiledGroup:
         self.__name__ = name
 
     @classmethod
-    def deferred(cls, name: str, sub: torch.fx.GraphModule, metas: list[tuple], seed: int) -> CompiledGroup:
+    def deferred(cls, name: str, sub: torch.fx.GraphModule, metas: list[tuple], seed: int,
+                 kernel_profile: bool = False) -> CompiledGroup:
         """A group whose check passed earlier (same subgraph, inputs and environment): compiled
         on its first call, which only the per-group path makes (a whole graph runs its own code)."""
         group = cls(name, None, 0, 0.0, "", True, "deferred")
-        group._pending = (sub, metas, seed)
+        group._pending = (sub, metas, seed, kernel_profile)
         return group
 
     def _materialize(self) -> None:
-        sub, metas, seed = self._pending
+        sub, metas, seed, kernel_profile = self._pending
         with _outside_compile():
             gen = torch.Generator(device="cpu")
             gen.manual_seed(seed)
             examples = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
-            built = _compile_group(sub, examples, self.name)
+            built = _compile_group(sub, examples, self.name, kernel_profile=kernel_profile)
             built(*examples)  # the first call goes through CompiledFxGraph.__call__
         self.fn, self.kernels, self.seconds, self.source, self.boxed, self.how = (
             built.fn, built.kernels, built.seconds, built.source, built.boxed, built.how)
@@ -107,7 +103,8 @@ class CompiledGroup:
         return f"<CompiledGroup {self.name}: {self.kernels} kernel(s), via {self.how}>"
 
 
-def _compile_group(sub: torch.fx.GraphModule, examples: list[torch.Tensor], name: str) -> CompiledGroup:
+def _compile_group(sub: torch.fx.GraphModule, examples: list[torch.Tensor], name: str, *,
+                   kernel_profile: bool = False) -> CompiledGroup:
     """Inductor-compile one ATen subgraph (already decomposed, functional) for `examples`.
 
     ``compile_fx_inner`` takes the graph as it is (no second AOTAutograd pass, so no runtime
@@ -129,8 +126,12 @@ def _compile_group(sub: torch.fx.GraphModule, examples: list[torch.Tensor], name
         mode = FakeTensorMode(shape_env=ShapeEnv())
         fake = [mode.from_tensor(x, static_shapes=True) for x in examples]
         FakeTensorProp(gm, mode).propagate(*fake)
+        # under the policy the whole graph is compiled with (one group: every op of it), so
+        # its loop nests are the same C++ source there and Inductor builds them once
+        policy = policy_for(gm, {n.name: name for n in gm.graph.nodes if n.op == "call_function"},
+                            kernel_profile=kernel_profile)
         with torch._guards.tracing(torch._guards.TracingContext(mode)):
-            out = compile_fx_inner(gm, fake)
+            out, _, _, _ = compile_with_policy(gm, fake, policy)
         source = getattr(out, "source_code", "") or ""
         return CompiledGroup(name, out, count_generated_kernels(source), time.perf_counter() - start,
                              source, True, "compile_fx_inner")
@@ -190,59 +191,6 @@ def input_meta(graph: CapturedGraph, cand: Candidate) -> list[tuple]:
     return metas
 
 
-CHECKS = "checks"  # fusionlab.cache namespace of group check results
-
-
-@functools.lru_cache(maxsize=1)
-def _code_version() -> str:
-    """The fusionlab code a check result depends on: this executor, the check, the subgraph."""
-    from .. import check
-    from ..kernels import kernel
-
-    h = hashlib.sha256()
-    for f in (__file__, check.__file__, kernel.__file__):
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()
-
-
-def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: int, executor: str) -> str:
-    """What a group's check result depends on: the executor that reports it, the subgraph's
-    code (its ops), the inputs' shapes, strides, dtypes and devices, the check's seed and
-    trials, and everything that decides the code Inductor generates for it (torch version,
-    Inductor's config, CPU capability, threads) and the fusionlab code that checks it."""
-    from torch._inductor import config as iconfig
-
-    config = sorted((k, repr(v)) for k, v in iconfig.save_config_portable().items())
-    return cache.make_key("group-check", executor, sub.code, [repr(m[1:]) for m in metas], seed, trials,
-                          torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
-                          config, _code_version())
-
-
-def _stored_check(key: str) -> CheckResult | None:
-    found = InductorGroupExecutor._checks.get(key)
-    if found is not None:
-        return dataclasses.replace(found)
-    try:
-        payload = cache.get(key, CHECKS)
-    except (cache.CacheCorruptError, OSError):
-        return None
-    if not isinstance(payload, dict):
-        return None
-    try:
-        res = CheckResult(**payload)
-    except TypeError:  # another CheckResult shape: check again
-        return None
-    res.shapes = tuple(tuple(s) for s in res.shapes)
-    InductorGroupExecutor._checks[key] = res
-    return dataclasses.replace(res)
-
-
-def _store_check(key: str, res: CheckResult) -> None:
-    InductorGroupExecutor._checks[key] = dataclasses.replace(res)
-    with contextlib.suppress(OSError):
-        cache.put(key, dataclasses.asdict(res), CHECKS)
-
-
 class InductorGroupExecutor:
     """Compile each selected group alone with Inductor; check it against eager; use it if it matches.
 
@@ -264,15 +212,16 @@ class InductorGroupExecutor:
     name = "inductor-cpp (per group)"
     defer_compile = False  # a group whose check is known: compiled at once (False) or on its first call
     _cache: dict[tuple, CompiledGroup] = {}
-    _checks: dict[str, CheckResult] = {}
 
-    def __init__(self, *, validate: bool = True, seed: int = 0, trials: int = 2):
+    def __init__(self, *, validate: bool = True, seed: int = 0, trials: int = 2, kernel_profile: bool = False):
         self.validate = validate
+        self.kernel_profile = kernel_profile  # C++ functions timed by torch.profiler (slower builds)
         self.seed = seed
         self.trials = trials
         self.groups: dict[str, CompiledGroup] = {}
         self.statuses: list[KernelStatus] = []
         self.reused_checks: list[str] = []  # candidate ids whose check result was known
+        self.bundled: dict[str, float] = {}  # candidate id -> seconds: checked in a bundle by prepare()
 
     def __repr__(self) -> str:
         return f"<InductorGroupExecutor: {len(self.groups)} groups compiled>"
@@ -290,23 +239,67 @@ class InductorGroupExecutor:
         self.statuses.append(status)
         return fn, status
 
+    def prepare(self, graph: CapturedGraph, cands: list[Candidate]) -> None:
+        """Check, in one Inductor compile (:mod:`.bundle`), every group of `cands` whose check
+        result is not known yet; each result is kept as :meth:`__call__` would keep it, which
+        then finds it. Where the bundle cannot be built or run, nothing is kept and each group
+        is compiled and checked alone as before."""
+        if not self.validate:
+            return
+        todo = []
+        for cand in cands:
+            try:
+                metas = input_meta(graph, cand)
+                sub = extract_subgraph(graph.gm, cand)
+            except Exception:  # noqa: BLE001 - __call__ reports it for this group
+                continue
+            ckey = check_key(sub, metas, self.seed, self.trials, self.name)
+            if stored_check(ckey) is None:
+                todo.append((cand, sub, metas, ckey))
+        if len(todo) < 2:  # one group: a bundle is the same work as compiling it alone
+            return
+        from .._env import debug
+        from .bundle import compile_bundle
+
+        names = [f"inductor_{c.id.replace('.', '_').replace('+', '_')}" for c, *_ in todo]
+        results = [new_result(n, metas, self.name) for n, (_, _, metas, _) in zip(names, todo)]
+        try:
+            with _outside_compile():
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(self.seed)
+                first = [[random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas] for _, _, metas, _ in todo]
+                bundle = compile_bundle([sub for _, sub, _, _ in todo], [c.id for c, *_ in todo], first,
+                                        kernel_profile=self.kernel_profile)
+                check_groups(bundle.run, [sub for _, sub, _, _ in todo], [m for _, _, m, _ in todo], results,
+                             gen, self.trials, first)
+        except Exception as e:  # noqa: BLE001 - each group is then compiled and checked alone
+            debug(1, f"bundle of {len(todo)} groups of {graph.tag} failed ({type(e).__name__}: {e}); "
+                     "checking each alone")
+            return
+        for (cand, _, _, ckey), res in zip(todo, results):
+            store_check(ckey, res)
+            self.bundled[cand.id] = res.seconds + bundle.seconds / len(todo)
+
     def _build(self, cand: Candidate, graph: CapturedGraph):
         metas = input_meta(graph, cand)
         sub = extract_subgraph(graph.gm, cand)
         key = (sub.code, tuple(m[1:] for m in metas))
         name = f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"
         ckey = check_key(sub, metas, self.seed, self.trials, self.name) if self.validate else None
-        check = _stored_check(ckey) if ckey is not None else None
-        if check is not None:  # checked before: this process, or an earlier one with the same key
-            self.reused_checks.append(cand.id)
-            check.seconds = 0.0
+        check = stored_check(ckey) if ckey is not None else None
+        if check is not None:  # checked: in this graph's bundle, or before (this process or an earlier one)
+            if cand.id in self.bundled:
+                check.seconds = self.bundled[cand.id]
+            else:
+                self.reused_checks.append(cand.id)
+                check.seconds = 0.0
             if not check.ok:
                 return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
             group = self._cache.get(key)
             if group is not None:
                 group = group.copy()
             else:
-                group = CompiledGroup.deferred(name, sub, metas, self.seed)
+                group = CompiledGroup.deferred(name, sub, metas, self.seed, self.kernel_profile)
                 if not self.defer_compile:  # this executor calls every group: compile it now, unchecked again
                     group._materialize()
                     self._cache[key] = group
@@ -318,8 +311,8 @@ class InductorGroupExecutor:
             gen.manual_seed(self.seed)
             examples = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
             if group is None:
-                group = _compile_group(sub, examples, name)
-                check = self._check(group, sub, metas, gen, examples) if self.validate else None
+                group = _compile_group(sub, examples, name, kernel_profile=self.kernel_profile)
+                check = _check_alone(group, sub, metas, gen, examples, self) if self.validate else None
                 if check is None or check.ok:
                     if check is None:
                         group(*examples)  # the first call goes through CompiledFxGraph.__call__
@@ -327,49 +320,28 @@ class InductorGroupExecutor:
                     self._cache[key] = group
             else:
                 group = group.copy()
-                check = self._check(group, sub, metas, gen, examples) if self.validate else None
+                check = _check_alone(group, sub, metas, gen, examples, self) if self.validate else None
         if check is not None and check.error is None:  # an exception may be passing (memory...): not kept
-            _store_check(ckey, check)
+            store_check(ckey, check)
         self.groups[cand.id] = group
         if check is not None and not check.ok:
             return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
         return group, KernelStatus(cand.id, name, True, "", check)
 
-    def _check(self, group: CompiledGroup, sub: torch.fx.GraphModule, metas, gen, first) -> CheckResult:
-        res = CheckResult(kernel=group.name, ok=False, shapes=tuple(m[1] for m in metas),
-                          executor=self.name)
-        dtypes = {str(m[3]).replace("torch.", "") for m in metas}
-        res.dtype = "/".join(sorted(dtypes))
-        start = time.perf_counter()
-        try:
-            ok = True
-            # random inputs (`first`, then fresh ones), and once more NaN and +-inf, where
-            # eager's rules for them may differ from Inductor's
-            schedule = [(first, False)] + [(None, False)] * (max(1, self.trials) - 1)
-            if any(m[3].is_floating_point for m in metas):
-                schedule.append((None, True))
-            for ins, specials in schedule:
-                if ins is None:
-                    make = special_tensor if specials else random_tensor
-                    ins = [make(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
-                # the same tensors (strides included: a clone of an expanded input is dense);
-                # groups hold no in-place ops, so neither run changes them
-                expected = sub(*ins)
-                got = group(*ins)
-                # as Kernel.check: an output outside tolerance passes when it is no further from
-                # a float64 run than eager is (Inductor keeps fp16/bf16 values in fp32 between
-                # ops, eager rounds after each); with NaN/inf inputs, on the finite elements
-                ok &= check_outputs(res, got, expected, [f"output {i}" for i in range(len(expected))],
-                                    oracle=lambda ins=ins: float64_reference(sub, ins), blowups=specials)
-            res.ok = ok
-        except Exception as e:  # noqa: BLE001 - a failing group is a result
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            res.error = f"{type(e).__name__}: {msg}"
-        res.seconds = time.perf_counter() - start
-        return res
+
+def _check_alone(group: CompiledGroup, sub, metas, gen, first, executor: InductorGroupExecutor) -> CheckResult:
+    res = new_result(group.name, metas, executor.name)
+    start = time.perf_counter()
+    try:
+        check_groups(lambda ins: [group(*ins[0])], [sub], [metas], [res], gen, executor.trials, [first])
+    except Exception as e:  # noqa: BLE001 - a failing group is a result
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        res.ok, res.error = False, f"{type(e).__name__}: {msg}"
+    res.seconds = time.perf_counter() - start
+    return res
 
 
 def clear_cache() -> None:
     """Forget every group compiled and checked in this process (the disk caches stay)."""
     InductorGroupExecutor._cache.clear()
-    InductorGroupExecutor._checks.clear()
+    checks.KNOWN.clear()
