@@ -2,7 +2,8 @@
 
 For every candidate of a plan (or the ones named): the group is built and checked against
 eager by :class:`fusionlab.executors.InductorGroupExecutor` (Inductor's C++ backend, the
-group alone), then the compiled group and the same ops run unfused (the eager subgraph: one
+group alone; the checks of all of a graph's candidates run first in one compile, which
+builds every group's C++ code once), then the compiled group and the same ops run unfused (the eager subgraph: one
 ATen call per op) are timed in interleaved rounds, and :func:`fusionlab.verdict.compare`
 says whether the fused version is faster, slower or not measurably different (a bootstrap
 interval of the ratio of medians beyond ±3 %). A group that fails its check is reported
@@ -185,6 +186,7 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
     start = time.perf_counter()
     rows, seen = [], {}
     try:
+        _check_in_bundles(executor, plan, cands, rounds)
         for c in cands:
             graph = plan.capture.graph(c.graph)
             if bar is not None:
@@ -199,6 +201,27 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
         if bar is not None:
             bar.close()
     return CandidateValues(rows, where, time.perf_counter() - start)
+
+
+def _check_in_bundles(executor, plan, cands, rounds: int) -> None:
+    """Check every candidate not measured before in one Inductor compile per graph (the group
+    executor's ``prepare``), instead of one compile and C++ build per candidate: each group is
+    then compiled alone for its timing with its C++ code already built (the same source)."""
+    from ..executors.groups import input_meta
+    from ..kernels.kernel import extract_subgraph
+
+    todo: dict[str, list] = {}
+    for c in cands:
+        graph = plan.capture.graph(c.graph)
+        try:
+            key = _key(extract_subgraph(graph.gm, c), input_meta(graph, c), rounds, executor.name)
+            stored = cache.get(key, VALUES)
+        except (cache.CacheCorruptError, OSError, ValueError):
+            stored = None
+        if not isinstance(stored, dict):
+            todo.setdefault(c.graph, []).append(c)
+    for tag, group in todo.items():
+        executor.prepare(plan.capture.graph(tag), group)
 
 
 def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen) -> CandidateValue:
