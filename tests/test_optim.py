@@ -223,3 +223,9 @@ def test_profile_runs_the_fused_update_when_the_capture_has_one(zoo_model):
     assert "update: torch.compile(opt.step)" in res["inductor"].executor
     assert res["eager"].executor == "PyTorch eager (ATen)"
     assert len(res["fusionlab"].losses) == 4 and res.loss_rel_diff("fusionlab") < 1e-5
+    # the update's share of each variant's step (measured inside the same steps), and PyTorch's
+    # foreach / fused=True AdamW as reference rows after the variants
+    assert [v.name for v in res.variants][3:] == ["foreach (reference)", "fused (reference)"]
+    for v in res.variants:
+        assert 0 < v.update_share <= 1 and len(v.update_samples) == 2
+    assert list(res.table()["update share"]) == [v.update_share for v in res.variants]
