@@ -11,8 +11,9 @@ weight decay 0.01), on each variant's own copy of the model and optimizer:
   torch.compile   the step as torch documents it: torch.compile(model step) and
                   torch.compile(lambda: opt.step()) (Inductor, cpp)
   fusionlab       forward/backward: the select-all plan (InductorGraphExecutor, groups only);
-                  update: opt0 compiled whole by Inductor (fusionlab.optim.cpu.CompiledUpdate;
-                  the Triton multi-tensor kernel runs only in the interpreter here, never timed)
+                  update: opt0 compiled whole by Inductor (fusionlab.optim.cpu.CompiledUpdate,
+                  compile_fx_inner called directly: no Dynamo frame or guards per call; the
+                  Triton multi-tensor kernel runs only in the interpreter here, never timed)
 
 "update" times optimizer.step() alone on fixed random gradients; "step" times forward,
 backward, (clip,) update and zero_grad. Rounds are interleaved (each round runs every
@@ -75,7 +76,8 @@ class Variant:
             self.fwd = torch.compile(step, backend=plan.backend(executor=InductorGraphExecutor()), dynamic=False)
             cap = fl.capture(self.model, *zm.inputs, loss_fn=zm.loss_fn, optimizer=self.opt,
                              clip_grad_norm=clip)
-            self.update_fn = CompiledUpdate(cap.optimizer).step
+            self.compiled = CompiledUpdate(cap.optimizer)
+            self.update_fn = self.compiled.step
         else:
             raise ValueError(name)
         self.clips_itself = name == "fusionlab"
@@ -125,6 +127,9 @@ def bench_model(name: str, rounds: int, clip: float | None, variants: list[str])
         for v in order:
             whole[v.name].append(timed(v.step))
     n_params = sum(p.numel() for p in vs[0].params)
+    for v in vs:
+        if hasattr(v, "compiled"):
+            print(f"  fusionlab update: {v.compiled.how} (compiled in {v.compiled.compile_s:.1f} s)")
     print(f"\n{name}: {len(vs[0].params)} parameter tensors, {n_params / 1e6:.2f} M parameters, AdamW "
           f"{SETTINGS}{f', clip_grad_norm={clip}' if clip else ''}; {rounds} interleaved rounds, "
           f"measured on cpu ({torch.get_num_threads()} thread(s))")

@@ -185,9 +185,9 @@ def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool)
         v.backend = make_backend(plan, executor=executor)
         v.result.report = v.backend.report
         if v.opt is not None and getattr(plan.capture, "optimizer", None) is not None:
-            from ..optim import update_for_profile  # captured with optimizer=: fuse the update too
+            from ..optim import update_for_profile  # captured with optimizer=: the plan's form
 
-            v.update, how = update_for_profile(v.model, v.opt, cuda)
+            v.update, how = update_for_profile(v.model, v.opt, cuda, form=plan.optimizer_form)
             v.result.executor += f"; update: {how}"
     else:  # unfused: the same captured graphs with nothing selected
         nothing = FusionPlan(plan.capture, plan.candidates)
