@@ -262,3 +262,32 @@ def test_plan_selects_the_form_of_the_update(zoo_model):
     res = fl.profile(zm.model, zm.inputs, plan=fl.FusionPlan(cap), steps=1, warmup=0, compare="fusionlab",
                      references=False, profile_step=False)
     assert res["fusionlab"].executor.endswith("update: eager optimizer.step() (the plan selects no form of the update)")
+
+
+def test_compiled_update_is_called_without_dynamo_and_falls_back_to_it(zoo_model, monkeypatch):
+    from fusionlab.optim import cpu
+
+    zm = zoo_model("mlp")
+    settings = {"lr": 0.05, "momentum": 0.9, "nesterov": True}
+    for broken in (False, True):
+        model, ref = copy.deepcopy(zm.model), copy.deepcopy(zm.model)
+        opt = torch.optim.SGD(model.parameters(), **settings)
+        ref_opt = torch.optim.SGD(ref.parameters(), **settings)
+        if broken:  # a torch whose compile_fx_inner fails: the same function through torch.compile
+            monkeypatch.setattr(cpu, "compile_in_place", lambda fn, ex: (_ for _ in ()).throw(RuntimeError("x")))
+        upd = cpu.CompiledUpdate(capture_optimizer(model, opt, {}, None))
+        upd.step()  # no gradients yet: nothing to do, as eager
+        for _ in range(3):
+            for p, q in zip(model.parameters(), ref.parameters()):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+            v = next(model.parameters())._version
+            upd.step()
+            ref_opt.step()
+            assert next(model.parameters())._version > v  # written in place, as autograd sees it
+        assert upd.how == (cpu.VIA_DYNAMO if broken else cpu.DIRECT)
+        for p, q in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        next(model.parameters()).grad = None
+        with pytest.raises(ValueError, match="have no gradient"):
+            upd.step()
