@@ -127,9 +127,6 @@ def bench_model(name: str, rounds: int, clip: float | None, variants: list[str])
         for v in order:
             whole[v.name].append(timed(v.step))
     n_params = sum(p.numel() for p in vs[0].params)
-    for v in vs:
-        if hasattr(v, "compiled"):
-            print(f"  fusionlab update: {v.compiled.how} (compiled in {v.compiled.compile_s:.1f} s)")
     print(f"\n{name}: {len(vs[0].params)} parameter tensors, {n_params / 1e6:.2f} M parameters, AdamW "
           f"{SETTINGS}{f', clip_grad_norm={clip}' if clip else ''}; {rounds} interleaved rounds, "
           f"measured on cpu ({torch.get_num_threads()} thread(s))")
@@ -143,6 +140,9 @@ def bench_model(name: str, rounds: int, clip: float | None, variants: list[str])
         print(f"{v.name:<15} {mu:>10.3f} {iu:>7.3f} {base_u / mu:>10.2f}x | {ms:>9.3f} {is_:>7.3f} "
               f"{base_s / ms:>10.2f}x | {mu / ms:>11.0%}")
     meds = {v.name: (_quantiles(upd[v.name])[0], _quantiles(whole[v.name])[0]) for v in vs}
+    for v in vs:
+        if hasattr(v, "compiled"):
+            print(f"  fusionlab update: {v.compiled.how} (compiled in {v.compiled.compile_s:.1f} s)")
     if "fusionlab" in meds and "eager fused" in meds:
         u = meds["eager fused"][0] / meds["fusionlab"][0]
         print(f"  goal: fusionlab update at least as fast as fused=True: {u:.2f}x "
