@@ -11,8 +11,9 @@ weight decay 0.01), on each variant's own copy of the model and optimizer:
   torch.compile   the step as torch documents it: torch.compile(model step) and
                   torch.compile(lambda: opt.step()) (Inductor, cpp)
   fusionlab       forward/backward: the select-all plan (InductorGraphExecutor, groups only);
-                  update: opt0 compiled whole by Inductor (fusionlab.optim.cpu.CompiledUpdate;
-                  the Triton multi-tensor kernel runs only in the interpreter here, never timed)
+                  update: opt0 compiled whole by Inductor (fusionlab.optim.cpu.CompiledUpdate,
+                  compile_fx_inner called directly: no Dynamo frame or guards per call; the
+                  Triton multi-tensor kernel runs only in the interpreter here, never timed)
 
 "update" times optimizer.step() alone on fixed random gradients; "step" times forward,
 backward, (clip,) update and zero_grad. Rounds are interleaved (each round runs every
@@ -75,7 +76,8 @@ class Variant:
             self.fwd = torch.compile(step, backend=plan.backend(executor=InductorGraphExecutor()), dynamic=False)
             cap = fl.capture(self.model, *zm.inputs, loss_fn=zm.loss_fn, optimizer=self.opt,
                              clip_grad_norm=clip)
-            self.update_fn = CompiledUpdate(cap.optimizer).step
+            self.compiled = CompiledUpdate(cap.optimizer)
+            self.update_fn = self.compiled.step
         else:
             raise ValueError(name)
         self.clips_itself = name == "fusionlab"
@@ -138,6 +140,9 @@ def bench_model(name: str, rounds: int, clip: float | None, variants: list[str])
         print(f"{v.name:<15} {mu:>10.3f} {iu:>7.3f} {base_u / mu:>10.2f}x | {ms:>9.3f} {is_:>7.3f} "
               f"{base_s / ms:>10.2f}x | {mu / ms:>11.0%}")
     meds = {v.name: (_quantiles(upd[v.name])[0], _quantiles(whole[v.name])[0]) for v in vs}
+    for v in vs:
+        if hasattr(v, "compiled"):
+            print(f"  fusionlab update: {v.compiled.how} (compiled in {v.compiled.compile_s:.1f} s)")
     if "fusionlab" in meds and "eager fused" in meds:
         u = meds["eager fused"][0] / meds["fusionlab"][0]
         print(f"  goal: fusionlab update at least as fast as fused=True: {u:.2f}x "

@@ -1,5 +1,8 @@
 """Stage 3, plan: which candidates the user picked, checked to be a valid set of kernels.
 
+One piece: selecting, refusing (overlaps, cycles, rules, the update's form) and summing up
+all keep one invariant, the selected set; split, each part would reach into the others' state.
+
 ``FusionPlan(capture)`` starts with nothing selected. ``select``/``deselect`` take
 candidate ids ("fw0.softmax.0"), pattern names ("softmax", matching every candidate whose
 pattern has that component) or Candidate objects. A selection is refused, and the plan
@@ -12,6 +15,10 @@ Rules (:mod:`fusionlab.rules`) are kept with the plan: ``never_fuse(a, b)`` and
 ``always_fuse(a, b, ...)`` find the candidates again under the rules (selections whose
 nodes are unchanged stay selected), ``select_all`` says in ``skipped`` which candidates a
 rule split, and ``to_code()`` writes the plan as a snippet that rebuilds it on a recapture.
+
+The optimizer update's candidates (``candidates.optimizer``): ``select("adamw")`` or
+``select("multi_tensor_adamw")`` picks the fused update's form (``optimizer_form``; see
+:mod:`fusionlab.optim.selection`), kept apart from ``selected`` (forward/backward groups).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from .capture import Capture
 from .cost import step_kernels
 from .fxgraph import contracted_cycle
 from .nodecost import fmt_bytes
+from .optim import selection
 from .rules import Rule, made_by_always, named_anywhere, split_by_rules
 
 
@@ -47,6 +55,7 @@ class PlanSummary:
     matmul_epilogues: int = 0  # matmul kernels after the plan that apply a fused epilogue
     rules: tuple = ()  # "never_fuse('add', 'layer_norm')", ...
     skipped: tuple = ()  # (candidate id, why) left out or split by select_all
+    optimizer: str = ""  # the optimizer update's line ("" without one)
 
     @property
     def nonmatmul_before(self) -> int:
@@ -67,6 +76,7 @@ class PlanSummary:
         ]
         for tag, (kb, ka, bb, ba) in self.per_graph.items():
             lines.append(f"  {tag:5} kernels {kb:4d} -> {ka:4d}   bytes {fmt_bytes(bb):>10} -> {fmt_bytes(ba):>10}")
+        lines += [self.optimizer] if self.optimizer else []
         lines += [f"rule: {r}" for r in self.rules]
         lines += [f"skipped {cid}: {why}" for cid, why in self.skipped]
         return "\n".join(lines)
@@ -89,6 +99,7 @@ class FusionPlan:
         self.candidates = candidates if candidates is not None else find_candidates(capture)
         self._by_id = {c.id: c for c in self.candidates}
         self._selected: dict[str, Candidate] = {}
+        self._opt_selected: dict[str, Candidate] = {}  # the optimizer update's candidates picked
         self.skipped: list[tuple[str, str]] = []  # (id, why) left out or split by select_all
         self.rules: list[Rule] = list(getattr(self.candidates, "rules", ()))
         self._plain = self.candidates if not self.rules else None  # candidates found without rules
@@ -105,19 +116,19 @@ class FusionPlan:
         out: list[Candidate] = []
         for key in keys:
             if isinstance(key, Candidate):
-                mine = self._by_id.get(key.id)
+                mine = self._by_id.get(key.id) or next((c for c in self._opt if c.id == key.id), None)
                 if mine is None or (mine.nodes, mine.domain) != (key.nodes, key.domain):
                     raise PlanError(f"candidate {key.id} does not belong to this plan's capture")
-                found = [self._by_id[key.id]]
+                found = [mine]
             elif isinstance(key, str):
                 base, _, nth = key.rpartition("#") if "@" in key and "#" in key else (key, "", "")
-                found = [c for c in self.candidates if c.matches(base)]
+                found = [c for c in [*self.candidates, *self._opt] if c.matches(base)]
                 if nth:
                     if not nth.isdigit() or int(nth) >= len(found):
                         raise PlanError(f"{key!r}: {len(found)} candidate(s) have the key {base!r}")
                     found = [found[int(nth)]]
                 if not found:
-                    patterns = sorted({c.pattern for c in self.candidates})
+                    patterns = sorted({c.pattern for c in [*self.candidates, *self._opt]})
                     raise PlanError(
                         f"no candidate matches {key!r}; patterns here: {', '.join(patterns) or 'none'} "
                         "(or use an id from plan.candidates)"
@@ -133,25 +144,26 @@ class FusionPlan:
         """Add candidates (ids, pattern names or Candidate objects) to the selection."""
         if not keys:
             raise PlanError("empty selection: plan.select('softmax'), plan.select('fw0.layer_norm.0'), ...")
-        new = dict(self._selected)
+        new, opt = dict(self._selected), dict(self._opt_selected)
         for c in self._resolve(list(keys)):
-            new[c.id] = c
-        self._commit(new)
+            (opt if c.graph == "opt0" else new)[c.id] = c
+        self._commit(new, opt)
         return self
 
     def deselect(self, *keys) -> FusionPlan:
         if not keys:
             raise PlanError("empty selection: name the candidates to deselect")
-        new = dict(self._selected)
+        new, opt = dict(self._selected), dict(self._opt_selected)
         for c in self._resolve(list(keys)):
-            new.pop(c.id, None)
-        self._commit(new)
+            (opt if c.graph == "opt0" else new).pop(c.id, None)
+        self._commit(new, opt, dropping=True)
         return self
 
     def select_all(self) -> FusionPlan:
         """Select every candidate; one that would close a cycle with those before it is skipped,
         and a candidate a ``never_fuse`` rule split is named (``plan.skipped`` says which and why).
-        Candidates an ``always_fuse`` rule made are taken first."""
+        Candidates an ``always_fuse`` rule made are taken first. Of the optimizer update, the
+        multi-tensor form (with the clip) is picked."""
         first = [c for c in self.candidates if self._made_by_always(c)]
         order = first + [c for c in self.candidates if c not in first]
         try:
@@ -168,6 +180,7 @@ class FusionPlan:
                     self.skipped.append((c.id, str(e)))
             self._commit(chosen)
         self.skipped = self._split_by_rules() + self.skipped
+        self._commit(self._selected, selection.best(self._opt))
         return self
 
     def select_like_inductor(self, decisions=None) -> FusionPlan:
@@ -179,7 +192,7 @@ class FusionPlan:
         return self
 
     def clear(self) -> FusionPlan:
-        self._commit({})
+        self._commit({}, {})
         return self
 
     def unselected_backward(self, *patterns: str) -> list[Candidate]:
@@ -195,11 +208,31 @@ class FusionPlan:
         return [c for c in self.candidates if c.id in self._selected]
 
     def is_selected(self, key) -> bool:
-        return (key.id if isinstance(key, Candidate) else key) in self._selected
+        cid = key.id if isinstance(key, Candidate) else key
+        return cid in self._selected or cid in self._opt_selected
+
+    @property
+    def _opt(self) -> list[Candidate]:
+        return list(getattr(self.candidates, "optimizer", None) or [])
+
+    @property
+    def optimizer_selected(self) -> list[Candidate]:
+        """The optimizer update's candidates picked (a whole form, with the clip if captured)."""
+        return [c for c in self._opt if c.id in self._opt_selected]
+
+    @property
+    def optimizer_form(self) -> str | None:
+        """The fused update's form: "multi_tensor", "param", or None (eager ``optimizer.step()``)."""
+        return selection.form(self._opt, self._opt_selected)
 
     # ------------------------------------------------------------------ validation
 
-    def _commit(self, new: dict[str, Candidate]) -> None:
+    def _commit(self, new: dict[str, Candidate], opt: dict[str, Candidate] | None = None,
+                dropping: bool = False) -> None:
+        if opt is not None:  # the optimizer update's selection: checked first, set with the rest
+            opt, why = selection.settle(self._opt, opt, dropping)
+            if why:
+                raise PlanError(why)
         owner: dict[tuple[str, str], str] = {}
         for c in new.values():
             for n in c.nodes:
@@ -216,6 +249,8 @@ class FusionPlan:
                 )
         self._selected = new
         self._owner = owner
+        if opt is not None:
+            self._opt_selected = opt
 
     def _find_cycle(self, tag: str, owner: dict) -> list[str] | None:
         """Contract each selected group to one vertex; return the ids on a cycle, if any."""
@@ -318,7 +353,8 @@ class FusionPlan:
             per_graph[g.tag] = (kb, ka, bb, ba)
         return PlanSummary(before.launches, after.launches, before.matmul_launches, before.bytes, after.bytes,
                            len(self._selected), len(self.candidates), per_graph, after.epilogue_launches,
-                           tuple(str(r) for r in self.rules), tuple(self.skipped))
+                           tuple(str(r) for r in self.rules), tuple(self.skipped),
+                           selection.summary_line(self.capture.optimizer, self._opt, self._opt_selected))
 
     # ------------------------------------------------------------------ later stages
 
@@ -353,6 +389,11 @@ class FusionPlan:
         lines = [f"FusionPlan({self.capture.model_name}: {len(self._selected)}/{len(self.candidates)} selected)"]
         for c in self.candidates:
             mark = "x" if c.id in self._selected else " "
+            lines.append(f"  [{mark}] {c.id:34} {c.kernels_unfused:3d}->1  saves {fmt_bytes(c.bytes_saved)}")
+        if self._opt:
+            lines.append(f"  optimizer update (form: {self.optimizer_form or 'none, eager optimizer.step()'}):")
+        for c in self._opt:
+            mark = "x" if c.id in self._opt_selected else " "
             lines.append(f"  [{mark}] {c.id:34} {c.kernels_unfused:3d}->1  saves {fmt_bytes(c.bytes_saved)}")
         lines += [f"  rule: {r}" for r in self.rules]
         return "\n".join(lines)

@@ -6,6 +6,8 @@ ordinal, so the snippet also fits a fresh capture of the same model at other sha
 
 from __future__ import annotations
 
+from .optim import selection
+
 
 def plan_code(plan, var: str, capture: str, select_all: bool) -> str:
     """The snippet for `plan`; `select_all`: its selection is what ``select_all()`` picks."""
@@ -30,4 +32,7 @@ def plan_code(plan, var: str, capture: str, select_all: bool) -> str:
             if key not in keys:
                 keys.append(key)
         lines.append(f"{var}.select(\n" + "".join(f"    {k!r},\n" for k in keys) + ")")
+    # the optimizer update's form, where the capture has one (fusionlab.optim.selection)
+    lines += selection.code_lines(plan.candidates.optimizer if hasattr(plan.candidates, "optimizer") else [],
+                                  {c.id: c for c in plan.optimizer_selected}, var, select_all)
     return "\n".join(lines) + "\n"

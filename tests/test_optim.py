@@ -223,3 +223,71 @@ def test_profile_runs_the_fused_update_when_the_capture_has_one(zoo_model):
     assert "update: torch.compile(opt.step)" in res["inductor"].executor
     assert res["eager"].executor == "PyTorch eager (ATen)"
     assert len(res["fusionlab"].losses) == 4 and res.loss_rel_diff("fusionlab") < 1e-5
+    # the update's share of each variant's step (measured inside the same steps), and PyTorch's
+    # foreach / fused=True AdamW as reference rows after the variants
+    assert [v.name for v in res.variants][3:] == ["foreach (reference)", "fused (reference)"]
+    for v in res.variants:
+        assert 0 < v.update_share <= 1 and len(v.update_samples) == 2
+    assert list(res.table()["update share"]) == [v.update_share for v in res.variants]
+
+
+def test_plan_selects_the_form_of_the_update(zoo_model):
+    zm = zoo_model("mlp")
+    cap = fl.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn, optimizer="adamw", lr=1e-3, clip_grad_norm=1.0)
+    plan = fl.FusionPlan(cap)
+    assert plan.optimizer_form is None and "runs as eager optimizer.step()" in str(plan.summary())
+    plan.select("adamw")  # every per-parameter chain, the clip comes with it
+    n = len(cap.optimizer.params)
+    assert plan.optimizer_form == "param" and len(plan.optimizer_selected) == n + 1
+    assert plan.selected == [] and plan.is_selected("opt0.adamw.0")  # forward/backward selection untouched
+    line = plan.summary().optimizer
+    assert line.startswith("optimizer update opt0 (AdamW): param form") and f"-> {n + 1} kernels" in line
+    assert "[x] opt0.adamw.0" in repr(plan) and "[ ] opt0.multi_tensor_adamw.g0.float32" in repr(plan)
+    with pytest.raises(fl.PlanError, match="pick one form"):
+        plan.select("multi_tensor_adamw")
+    assert plan.optimizer_form == "param"  # a refused selection leaves the plan as it was
+    with pytest.raises(fl.PlanError, match="runs whole"):
+        fl.FusionPlan(cap).select("opt0.adamw.0")
+    with pytest.raises(fl.PlanError, match="runs inside the fused update"):
+        fl.FusionPlan(cap).select("clip_grad_norm")
+    plan.select_all()  # the multi-tensor form: the fewest launches
+    assert plan.optimizer_form == "multi_tensor" and plan.summary().optimizer.count("-> 2 kernels") == 1
+    plan.deselect("multi_tensor_adamw")  # the clip goes with its form
+    assert plan.optimizer_form is None and plan.optimizer_selected == []
+    plan.select("adamw")
+    ns = {"capture": cap}
+    exec(plan.to_code(), ns)  # the snippet rebuilds the form too
+    assert ns["plan"].optimizer_form == "param" and [c.id for c in ns["plan"].selected] == [c.id for c in plan.selected]
+    # the profile's fusionlab variant runs the plan's form; none picked: eager optimizer.step()
+    res = fl.profile(zm.model, zm.inputs, plan=fl.FusionPlan(cap), steps=1, warmup=0, compare="fusionlab",
+                     references=False, profile_step=False)
+    assert res["fusionlab"].executor.endswith("update: eager optimizer.step() (the plan selects no form of the update)")
+
+
+def test_compiled_update_is_called_without_dynamo_and_falls_back_to_it(zoo_model, monkeypatch):
+    from fusionlab.optim import cpu
+
+    zm = zoo_model("mlp")
+    settings = {"lr": 0.05, "momentum": 0.9, "nesterov": True}
+    for broken in (False, True):
+        model, ref = copy.deepcopy(zm.model), copy.deepcopy(zm.model)
+        opt = torch.optim.SGD(model.parameters(), **settings)
+        ref_opt = torch.optim.SGD(ref.parameters(), **settings)
+        if broken:  # a torch whose compile_fx_inner fails: the same function through torch.compile
+            monkeypatch.setattr(cpu, "compile_in_place", lambda fn, ex: (_ for _ in ()).throw(RuntimeError("x")))
+        upd = cpu.CompiledUpdate(capture_optimizer(model, opt, {}, None))
+        upd.step()  # no gradients yet: nothing to do, as eager
+        for _ in range(3):
+            for p, q in zip(model.parameters(), ref.parameters()):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+            v = next(model.parameters())._version
+            upd.step()
+            ref_opt.step()
+            assert next(model.parameters())._version > v  # written in place, as autograd sees it
+        assert upd.how == (cpu.VIA_DYNAMO if broken else cpu.DIRECT)
+        for p, q in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        next(model.parameters()).grad = None
+        with pytest.raises(ValueError, match="have no gradient"):
+            upd.step()

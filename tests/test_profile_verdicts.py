@@ -110,7 +110,8 @@ def test_default_table_is_short_and_detail_has_the_rest(mlp, sleepy):
     sleepy({"eager": lambda: 0.0, "fusionlab": lambda: 0.0})
     res = _profile(mlp, steps=2, budget_s=0)
     df = res.table()
-    assert list(df.columns) == ["median ms", "IQR ms", "vs eager", "kernels/step", "modeled H100 SXM MiB moved"]
+    assert list(df.columns) == ["median ms", "IQR ms", "vs eager", "kernels/step", "modeled H100 SXM MiB moved",
+                                "update share"]  # the optimizer update's share of the step (measured)
     assert df.attrs["modeled"] == "modeled (H100 SXM spec)" and df.attrs["measured"].startswith("measured on cpu")
     full = res.table(detail=True)
     assert set(df.columns) < set(full.columns)

@@ -427,3 +427,69 @@ def test_graph_executor_recompiles_for_a_new_batch_size():
             p.grad = None
     assert sorted(g.kind for g in ex.graphs) == ["backward", "backward", "forward", "forward"]  # per shape
     assert not fused.report.failed and not fused.report.fallbacks
+
+
+# --------------------------------------------------------------------------- the optimizer update in the table
+
+
+def _captured_with_optimizer(name: str, optimizer="adamw", **settings):
+    zm = zoo.get(name)
+    cap = fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn, optimizer=optimizer, **settings)
+    return zm, fusionlab.FusionPlan(cap)
+
+
+def _shares_are_sane(res: ProfileResult) -> None:
+    df = res.table()
+    assert "update share" in df.columns  # in the short default view
+    for v in res.variants:
+        # the update is timed inside each measured step: one reading per step, never longer than its step
+        assert len(v.update_samples) == len(v.samples) > 0
+        assert all(0 < u <= s for u, s in zip(v.update_samples, v.samples))
+        assert 0 < v.update_share <= 1 and df.loc[v.name, "update share"] == v.update_share
+        assert v.update_ms <= v.max_ms
+    assert "update share" in res.text() and "update share" in res.text(detail=True)
+
+
+def test_reference_rows_for_adamw_on_cpu_and_the_update_share():
+    zm, plan = _captured_with_optimizer("mlp", "adamw", lr=1e-3)
+    res = profile(zm.model, zm.inputs, plan=plan, steps=2, warmup=0, compare="eager", profile_step=False)
+    # torch 2.13 offers foreach=True and fused=True AdamW on CPU (each tried with a real call)
+    assert [v.name for v in res.variants] == ["eager", "foreach (reference)", "fused (reference)"]
+    refs = [v for v in res.variants if v.reference]
+    assert [v.name for v in refs] == ["foreach (reference)", "fused (reference)"]
+    assert "AdamW(fused=True) (reference)" in res["fused (reference)"].executor
+    assert not res["eager"].reference
+    _shares_are_sane(res)
+    assert any("not fusionlab plans" in n for n in res.notes)
+    assert any(n.startswith("update share:") and "time.perf_counter" in n for n in res.notes)
+    df = res.table(detail=True)
+    assert df["reference row"].tolist() == [False, True, True]
+    # same weights, same inputs, AdamW either way: the losses follow eager's
+    assert res.loss_rel_diff("fused (reference)") < 1e-5 and res.loss_rel_diff("foreach (reference)") < 1e-5
+
+
+def test_no_reference_rows_without_the_forms_or_a_captured_update(monkeypatch):
+    from fusionlab.profiler import harness
+
+    zm, plan = _captured_with_optimizer("mlp", "adamw", lr=1e-3)
+    # RMSprop: fusionlab does not fuse it, so PyTorch's forms of it are no reference for fusionlab
+    rms = profile(zm.model, zm.inputs, plan=plan, steps=2, warmup=0, compare="eager", profile_step=False,
+                  optimizer=lambda ps: torch.optim.RMSprop(ps, lr=1e-3))
+    assert [v.name for v in rms.variants] == ["eager"]
+    _shares_are_sane(rms)
+    # a form this torch does not have is found by calling it, and said in a note
+    monkeypatch.setitem(harness.REFERENCE_FORMS, torch.optim.RMSprop, ("foreach", "fused"))
+    tried = profile(zm.model, zm.inputs, plan=plan, steps=1, warmup=0, compare="eager", profile_step=False,
+                    optimizer=lambda ps: torch.optim.RMSprop(ps, lr=1e-3))
+    assert [v.name for v in tried.variants] == ["eager", "foreach (reference)"]
+    assert any("RMSprop(fused=True) is not a reference row" in n for n in tried.notes)
+    # the plan's capture has no optimizer update: nothing fused to compare with, no reference rows
+    plain = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn))
+    res = profile(zm.model, zm.inputs, plan=plain, steps=1, warmup=0, compare="eager", profile_step=False,
+                  references=True)
+    assert [v.name for v in res.variants] == ["eager"] and not res["eager"].reference
+    # no optimizer at all: no update times, no share column
+    none = profile(zm.model, zm.inputs, plan=plan, steps=1, warmup=0, compare="eager", profile_step=False,
+                   optimizer=None)
+    assert not none.has_update_times and "update share" not in none.table().columns
+    assert [v.name for v in none.variants] == ["eager"]

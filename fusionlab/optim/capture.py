@@ -159,7 +159,8 @@ def _hyper(opt: torch.optim.Optimizer, group: dict) -> tuple[Hyper | None, str]:
 # --------------------------------------------------------------------------- tracing
 
 
-def _trace(fn, args) -> torch.fx.GraphModule:
+def trace_aten(fn, args) -> torch.fx.GraphModule:
+    """`fn(*args)` as an ATen graph (fake tensors, Inductor's decompositions), as opt0 is traced."""
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -184,7 +185,7 @@ def trace_chain(h: Hyper, dtype: torch.dtype, clip: bool, device="cpu") -> torch
     # distinct tensors: make_fx gives one placeholder to a tensor passed twice
     args = [_scalar(device) for _ in range(3 if clip else 2)]
     args += [torch.empty(4, dtype=dtype, device=device) for _ in range(2 + n_state)]
-    return _trace(chain, args)
+    return trace_aten(chain, args)
 
 
 def _trace_step(step: OptimizerStep) -> torch.fx.GraphModule:
@@ -222,7 +223,7 @@ def _trace_step(step: OptimizerStep) -> torch.fx.GraphModule:
     for g in groups:
         for _ in range(n_state[g.index]):
             flat += [torch.empty_like(params[i], memory_format=torch.contiguous_format) for i in g.params]
-    return _trace(update, flat)
+    return trace_aten(update, flat)
 
 
 def _owners(gm: torch.fx.GraphModule, step: OptimizerStep) -> dict[str, str]:

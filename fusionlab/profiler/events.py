@@ -2,7 +2,7 @@
 
 ``profiled_steps`` runs one more training step of each variant under ``torch.profiler``
 and fills in its result: the largest ops and kernels (self time), peak memory (CUDA
-allocator on a GPU, the profiler's CPU allocator events on CPU), eager's count of ATen
+allocator on a GPU, the profiler's CPU allocator events on CPU), eager's (and the reference rows') count of ATen
 ops that compute, and optionally a Chrome trace of all variants side by side. Every
 reading is best effort: a profiler that fails leaves the timed figures as they are.
 
@@ -102,7 +102,7 @@ def profile_one_step(v: Variant, cuda: bool) -> None:
             v.step(mark=True)
         if cuda:
             torch.cuda.synchronize()
-    if not cuda and v.name == "eager":
+    if not cuda and (v.name == "eager" or v.result.reference):  # eager forward/backward: count its ATen ops
         n = count_aten_kernels(prof)
         if n is not None:
             v.result.kernels_per_step = n

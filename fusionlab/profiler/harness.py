@@ -2,8 +2,10 @@
 
 ``fresh_step`` wraps a model and a loss in a ``TrainStep`` (forward, loss) with a code
 object of its own; :class:`Variant` runs one whole training step of it (forward, loss,
-backward, optimizer step, zero_grad); :class:`Timer` times a step with CUDA events on a
-GPU and ``time.perf_counter`` on CPU.
+backward, optimizer step, zero_grad) and times the optimizer update inside it (the
+update's share of the step); :class:`Timer` times a step with CUDA events on a GPU and
+``time.perf_counter`` on CPU. :func:`reference_forms` says which of PyTorch's own fused
+optimizer forms (``foreach=True``, ``fused=True``) run on the device at hand.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Variant:
         self.backend = None
         self.first_loss = None
         self.update = None  # the fused optimizer update, where one replaces self.opt.step
+        self.cuda = False  # time the update with CUDA events (set by whoever builds the variant)
+        self._update_clock = None  # the last step's update: seconds (CPU) or (start, end) CUDA events
 
     def step(self, mark: bool = False):
         """One training step; `mark`: a torch.profiler range around forward + backward (the kernel count's window)."""
@@ -74,11 +78,29 @@ class Variant:
             loss = self.fn(*self.inputs)
             loss.backward()
         if self.opt is not None:
-            (self.update or self.opt.step)()
+            update = self.update or self.opt.step
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                update()
+                end.record()
+                self._update_clock = (start, end)
+            else:
+                t0 = time.perf_counter()
+                update()
+                self._update_clock = time.perf_counter() - t0
             self.opt.zero_grad(set_to_none=True)
         else:
             self.model.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def update_seconds(self) -> float | None:
+        """Seconds the last step's optimizer update took (None: no optimizer). On CUDA read it
+        after the step's end was synchronized (``Timer.time`` does)."""
+        clock, self._update_clock = self._update_clock, None
+        if clock is None or not self.cuda:
+            return clock
+        return clock[0].elapsed_time(clock[1]) / 1e3
 
 
 def device_of(model, inputs) -> torch.device:
@@ -127,3 +149,61 @@ def capture_inductor_code(codes: list[str]):
     from torch._inductor.graph import GraphLowering
 
     return mock.patch.object(GraphLowering, "save_output_code", lambda code: codes.append(code))
+
+
+# PyTorch's own fused forms of an optimizer class, shown as reference rows in a profile
+REFERENCE_FORMS = {torch.optim.AdamW: ("foreach", "fused"), torch.optim.Adam: ("foreach", "fused"),
+                   torch.optim.SGD: ("foreach",)}
+
+
+def reference_forms(opt, device: torch.device) -> tuple[list[str], list[str]]:
+    """(forms that run, notes on forms that do not) of ``type(opt)`` on ``device``, each tried
+    with a real call: an optimizer with ``form=True`` built on a small tensor there and stepped."""
+    forms, notes = [], []
+    for form in REFERENCE_FORMS.get(type(opt), ()):
+        t = torch.zeros(8, device=device, requires_grad=True)
+        t.grad = torch.ones_like(t)
+        try:
+            type(opt)([{**reference_settings(opt), "params": [t], form: True}], **{form: True}).step()
+            forms.append(form)
+        except Exception as e:  # noqa: BLE001 - "not offered here" is the answer, with its reason
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            notes.append(f"{type(opt).__name__}({form}=True) is not a reference row: it does not run on "
+                         f"{device.type} with torch {torch.__version__} ({msg})")
+    return forms, notes
+
+
+def reference_settings(opt) -> dict:
+    """``opt``'s settings (of its first param group) without its choice of implementation."""
+    return {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "foreach", "fused")}
+
+
+def reference_optimizer(opt, form: str):
+    """A new optimizer of ``opt``'s class on ``opt``'s parameters and param groups, with ``form=True``."""
+    groups = [{**{k: v for k, v in g.items() if k not in ("foreach", "fused")}, form: True}
+              for g in opt.param_groups]
+    return type(opt)(groups, **{form: True})
+
+
+def reference_variants(variants, model, inputs, plan, loss_fn, optimizer, lr, dev, notes) -> list[Variant]:
+    """The reference rows: eager forward/backward and each of PyTorch's fused forms of the update
+    that runs on `dev` (none when the capture has no optimizer update or the profile none)."""
+    probe = next((v.opt for v in variants if v.opt is not None), None)
+    if probe is None or getattr(plan.capture, "optimizer", None) is None:
+        return []
+    forms, why_not = reference_forms(probe, dev)
+    notes += why_not
+    refs = []
+    for form in forms:
+        v = Variant(f"{form} (reference)", model, inputs, loss_fn, optimizer, lr, describe_device(dev))
+        v.cuda = dev.type == "cuda"
+        v.opt = reference_optimizer(v.opt, form)
+        v.fn = fresh_step(v.model, loss_fn)
+        v.result.reference = True
+        v.result.executor = f"PyTorch eager; update: torch.optim.{type(v.opt).__name__}({form}=True) (reference)"
+        refs.append(v)
+    if refs:
+        notes.append("reference rows (" + ", ".join(v.name for v in refs) + "): PyTorch's own fused forms of "
+                     f"{type(probe).__name__} after an eager forward and backward, for comparison with the "
+                     "variants' updates; not fusionlab plans")
+    return refs

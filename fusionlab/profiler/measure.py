@@ -37,7 +37,15 @@ from ..profile_options import (
     resolve_executor,
 )
 from .events import profiled_steps
-from .harness import Timer, Variant, capture_inductor_code, describe_device, device_of, fresh_step
+from .harness import (
+    Timer,
+    Variant,
+    capture_inductor_code,
+    describe_device,
+    device_of,
+    fresh_step,
+    reference_variants,
+)
 from .results import ProfileResult, variant_verdict
 
 
@@ -58,6 +66,7 @@ def profile(
     max_steps: int = MAX_STEPS,
     trace: bool | str = False,
     profile_step: bool = True,
+    references: bool = True,
     model_name: str | None = None,
     verbose: bool = False,
 ) -> ProfileResult:
@@ -90,6 +99,8 @@ def profile(
     with preserved_state(model):
         plan, loss_fn = _plan_to_profile(model, inputs, plan, loss_fn, notes, verbose)
         variants = _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev)
+        if references:
+            variants += reference_variants(variants, model, inputs, plan, loss_fn, optimizer, lr, dev, notes)
         timer = Timer(cuda)
         live = _first_steps(variants, timer, verbose)
         notes += _backend_notes(live)
@@ -148,7 +159,8 @@ def _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, execut
     variants = []
     for name in compare:
         v = Variant(name, model, inputs, loss_fn, optimizer, lr, device)
-        _give_step(v, fresh_step(v.model, loss_fn), plan, fl_executor, fl_name, cuda=dev.type == "cuda")
+        v.cuda = dev.type == "cuda"
+        _give_step(v, fresh_step(v.model, loss_fn), plan, fl_executor, fl_name, cuda=v.cuda)
         variants.append(v)
     return variants
 
@@ -173,9 +185,9 @@ def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool)
         v.backend = make_backend(plan, executor=executor)
         v.result.report = v.backend.report
         if v.opt is not None and getattr(plan.capture, "optimizer", None) is not None:
-            from ..optim import update_for_profile  # captured with optimizer=: fuse the update too
+            from ..optim import update_for_profile  # captured with optimizer=: the plan's form
 
-            v.update, how = update_for_profile(v.model, v.opt, cuda)
+            v.update, how = update_for_profile(v.model, v.opt, cuda, form=plan.optimizer_form)
             v.result.executor += f"; update: {how}"
     else:  # unfused: the same captured graphs with nothing selected
         nothing = FusionPlan(plan.capture, plan.candidates)
@@ -235,8 +247,11 @@ def _timed_rounds(live: list[Variant], timer: Timer, warmup: int, steps: int, bu
         for v in live[k:] + live[:k]:
             dt, loss = timer.time(v.step)
             losses[v.name].append(loss)
+            update = v.update_seconds()
             if measured:
                 v.result.samples.append(dt)
+                if update is not None:
+                    v.result.update_samples.append(update)
         rounds += 1
 
     gc.collect()
@@ -259,7 +274,7 @@ def _more_rounds(live: list[Variant], one_round, start: float, budget_s: float, 
                  verbose: bool) -> str:
     """Measured rounds while a verdict is undecided, the budget lasts and the cap is not reached."""
     base = next((v for v in live if v.name == "eager"), live[0])  # ProfileResult.baseline
-    others = [v for v in live if v is not base]
+    others = [v for v in live if v is not base and not v.result.reference]  # references never extend it
     if not others:
         return "alone"
     n = len(base.result.samples)
@@ -291,7 +306,7 @@ def _count_kernels(plan, variants: list[Variant]) -> None:
             r.kernels_per_step = sum(g.kernels for g in v.executor.graphs)
             r.kernels_how = "Inductor generated code"
             r.loop_nests = sum(len(g.loops) for g in v.executor.graphs)
-        elif v.name in ("eager", "unfused"):
+        elif v.name in ("eager", "unfused") or r.reference:
             r.kernels_per_step = step_cost(plan, fused=False).launches
             r.kernels_how = "captured graphs"
         elif v.name == "fusionlab" and r.report is not None:
@@ -341,9 +356,13 @@ def _spread_notes(live: list[Variant]) -> list[str]:
 
 def _closing_notes(variants: list[Variant], cuda: bool) -> list[str]:
     """What the kernel counts and memory figures count, and what ran the fusionlab variant on CPU."""
-    notes = ["kernels/step: forward + backward only (the optimizer step, the same in every variant, "
-             "is not counted); " + "; ".join(f"{v.name}: {v.result.kernels_how}" for v in variants
+    notes = ["kernels/step: forward + backward only (the optimizer step is not counted); " + "; ".join(f"{v.name}: {v.result.kernels_how}" for v in variants
                                              if v.result.kernels_how)]
+    if any(v.result.update_samples for v in variants):
+        how = "CUDA events" if cuda else "time.perf_counter"
+        notes.append("update share: time inside the optimizer update (optimizer.step() or the fused update "
+                     f"replacing it; zero_grad not counted) over the whole step, both measured ({how}) in the "
+                     "same steps, the median over the measured steps")
     nests = [v for v in variants if v.result.loop_nests is not None]
     if nests:
         notes.append("Inductor counts C++ function calls there; a function may hold several loop nests, "

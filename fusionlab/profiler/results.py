@@ -42,6 +42,8 @@ class VariantResult:
     top_kernels: list[tuple[str, int, float]] = field(default_factory=list)  # (name, calls, us)
     report: object = None  # fusionlab BackendReport
     error: str | None = None
+    update_samples: list[float] = field(default_factory=list)  # seconds in the optimizer update, per measured step
+    reference: bool = False  # a reference row (PyTorch's own fused optimizer form), not a fusionlab variant
 
     @property
     def ok(self) -> bool:
@@ -70,6 +72,18 @@ class VariantResult:
     @property
     def iqr_ms(self) -> float:
         return self.q3_ms - self.q1_ms
+
+    @property
+    def update_ms(self) -> float:
+        """Median time inside the optimizer update (measured in the same steps), ms."""
+        return statistics.median(self.update_samples) * 1e3 if self.update_samples else float("nan")
+
+    @property
+    def update_share(self) -> float:
+        """The update's share of the step: the median over measured steps of update time / step time
+        (each between 0 and 1: the update is timed inside the step); NaN without an optimizer."""
+        pairs = [u / s for u, s in zip(self.update_samples, self.samples) if s > 0]
+        return statistics.median(pairs) if pairs else float("nan")
 
     @property
     def min_ms(self) -> float:
@@ -208,6 +222,11 @@ class ProfileResult:
 
     # ------------------------------------------------------------------ table
 
+    @property
+    def has_update_times(self) -> bool:
+        """Whether the optimizer update was timed inside the steps (a profile with an optimizer)."""
+        return any(v.update_samples for v in self.variants)
+
     def _short_columns(self) -> tuple[str, str, str]:
         """The names of the columns that change with the baseline and the GPU."""
         gname = self.gpu.name if self.gpu is not None else "GPU"
@@ -228,6 +247,8 @@ class ProfileResult:
                 "kernels/step": v.kernels_per_step,
                 mib: m.bytes / 2**20 if m is not None else None,
             }
+            if self.has_update_times:
+                row["update share"] = v.update_share
             if detail:
                 row.update({
                     "executor": v.executor,
@@ -244,6 +265,8 @@ class ProfileResult:
                     f"loss rel diff vs {self.baseline}": (self.loss_rel_diff(v.name, self.baseline)
                                                           if vd is not None else 0.0),
                     "first step s": v.first_step_s,
+                    "update ms": v.update_ms,
+                    "reference row": v.reference,
                     f"modeled {gname} ms": m.ms if m is not None else None,
                     f"modeled {gname} kernels": m.launches if m is not None else None,
                     "modeled non-matmul MiB": m.nonmatmul_bytes / 2**20 if m is not None else None,
@@ -257,7 +280,9 @@ class ProfileResult:
 
     def table(self, detail: bool = False):
         """One row per variant (pandas DataFrame): step time (median, IQR, measured), the verdict
-        against eager, kernels/step and the modeled bytes moved. ``detail=True``: every column
+        against eager, kernels/step, the modeled bytes moved and, with an optimizer, the update's
+        share of the step (measured, 0..1). Rows named "... (reference)" are PyTorch's own fused
+        optimizer forms, for comparison, not fusionlab plans. ``detail=True``: every column
         (executor, min/max, the bare ratio and its interval, peak memory, modeled ms, ...).
         Modeled columns are named ``modeled <GPU> ...``."""
         import pandas as pd
@@ -289,10 +314,13 @@ class ProfileResult:
         vs, _, gname = self._short_columns()
         verdicts = self.verdicts()
         width = max([len(vs), 12] + [len(verdict_cell(vd)) for vd in verdicts.values()])
-        head = f"{'variant':10} {'median ms':>10} {'IQR ms':>9}  {vs:{width}} {'kernels/step':>12}"
+        nw = max([10] + [len(v.name) for v in self.variants])
+        share = self.has_update_times
+        upd = f" {'update share':>12}" if share else ""
+        head = f"{'variant':{nw}} {'median ms':>10} {'IQR ms':>9}  {vs:{width}} {'kernels/step':>12}{upd}"
         if detail:
-            head = (f"{'variant':10} {'executor':30} {'median ms':>10} {'IQR ms':>9} {'min ms':>9} {'max ms':>9}"
-                    f"  {vs:{width}} {'kernels/step':>12} {'peak mem':>11}")
+            head = (f"{'variant':{nw}} {'executor':30} {'median ms':>10} {'IQR ms':>9} {'min ms':>9} {'max ms':>9}"
+                    f"  {vs:{width}} {'kernels/step':>12} {'peak mem':>11}{upd}")
         mod = f" | {'modeled ' + gname + ' MiB moved':>24}" + (f" {'modeled ' + gname + ' ms':>20}" if detail else "")
         head += mod
         lines = self._header() + [head, "-" * len(head)]
@@ -300,18 +328,20 @@ class ProfileResult:
         for v in self.variants:
             executors.append(f"{v.name} = {v.executor}")
             if v.error:
-                lines.append(f"{v.name:10} FAILED: {v.error}")
+                lines.append(f"{v.name:{nw}} FAILED: {v.error}")
                 continue
             m = self.modeled.get(v.name)
             kern = "?" if v.kernels_per_step is None else str(v.kernels_per_step)
             cell = verdict_cell(verdicts.get(v.name))
             mod_b = f"{m.bytes / 2**20:.2f}" if m is not None else "-"
+            cut = (f" {v.update_share:>12.0%}" if v.update_samples else f" {'-':>12}") if share else ""
             if detail:
-                line = (f"{v.name:10} {v.executor[:30]:30} {v.median_ms:10.3f} {v.iqr_ms:9.3f} {v.min_ms:9.3f} "
-                        f"{v.max_ms:9.3f}  {cell:{width}} {kern:>12} {_fmt_mib(v.peak_memory):>11} | {mod_b:>24} "
-                        f"{(f'{m.ms:.3f}' if m is not None else '-'):>20}")
+                line = (f"{v.name:{nw}} {v.executor[:30]:30} {v.median_ms:10.3f} {v.iqr_ms:9.3f} {v.min_ms:9.3f} "
+                        f"{v.max_ms:9.3f}  {cell:{width}} {kern:>12} {_fmt_mib(v.peak_memory):>11}{cut} | "
+                        f"{mod_b:>24} {(f'{m.ms:.3f}' if m is not None else '-'):>20}")
             else:
-                line = f"{v.name:10} {v.median_ms:10.3f} {v.iqr_ms:9.3f}  {cell:{width}} {kern:>12} | {mod_b:>24}"
+                line = (f"{v.name:{nw}} {v.median_ms:10.3f} {v.iqr_ms:9.3f}  {cell:{width}} {kern:>12}{cut} | "
+                        f"{mod_b:>24}")
             lines.append(line)
         if not detail:
             lines.append("  ran: " + "; ".join(executors))

@@ -29,7 +29,7 @@ def frozen_plan(plan):
     from ..plan import FusionPlan
 
     copy = FusionPlan(plan.capture, plan.candidates)
-    ids = [c.id for c in plan.selected]
+    ids = [c.id for c in plan.selected + plan.optimizer_selected]
     if ids:
         copy.select(*ids)
     return copy
