@@ -16,8 +16,8 @@ and -inf written into its floating inputs (Inductor's rules for them are not alw
 eager's: a var over one inf element is NaN in eager, 0 in Inductor), and refused (it runs
 unfused, ``KernelStatus.used == False`` with the reason) on any mismatch.
 
-:class:`InductorGraphExecutor` (what ``profile`` uses on CPU) builds and checks each group
-the same way, then also implements ``compile_graph(kind, gm, example_inputs, groups, refused=...)``:
+:class:`InductorGraphExecutor` (what ``profile`` uses on CPU) checks the groups the same way,
+then also implements ``compile_graph(kind, gm, example_inputs, groups, refused=...)``:
 the backend hands it the whole forward or backward graph, which Inductor compiles in one
 piece under a fusion policy (an op's value is stored unless every reader is in its group;
 the scheduler merges loop nests only inside one group). The step then runs Inductor's
@@ -38,6 +38,16 @@ frozen inference graphs), never in a training step, whose weights are graph inpu
 would qualify (``cpp_fused_bmm_mul`` for a bmm+scale group), at the cost of autotuning every
 matmul of the step, so the executors leave ``max_autotune`` off. A Triton kernel of
 fusionlab's (``codegen/matmul.py``) is what keeps the result in registers, on a GPU.
+
+Checks in one compile. Before a graph's groups are built, the backend hands them all to
+``executor.prepare(graph, groups)``, which puts every group whose check is not known side by
+side in one FX graph (:mod:`.bundle`) and compiles it once, under the same policy as the
+whole graph (:mod:`.policy`), then checks each group's outputs on its own inputs. A C++
+function holds one group's loop nests and its source carries no per-compile name, so the
+whole graph's compile finds each group's code already built (Inductor's code cache is keyed
+by source): the checks cost one lowering per graph, not one compile and C++ build per group.
+A group that fails is refused alone; a bundle that cannot be built or run leaves every group
+to be compiled and checked alone, as before.
 
 Caches. The fusion policy is part of Inductor's FX graph cache key (a post-fusion scheduler
 pass whose ``uuid()`` hashes it), so a plan compiled once, in this process or an earlier

@@ -25,6 +25,7 @@ class Bundle:
     """The compiled bundle: ``run(inputs of each group) -> outputs of each group``."""
 
     compiled: object  # Inductor's boxed callable for the bundle graph
+    names: list[str]  # the groups, in order
     counts: list[int]  # outputs per group, in order
     loops: list[KernelOrigin]
     seconds: float
@@ -82,4 +83,4 @@ def compile_bundle(subs: list[torch.fx.GraphModule], names: list[str], examples:
     policy = policy_for(gm, group_of, kernel_profile=kernel_profile)
     with torch._guards.tracing(torch._guards.TracingContext(mode)):
         compiled, loops, _, _ = compile_with_policy(gm, fake, policy)
-    return Bundle(compiled, counts, loops, time.perf_counter() - start, getattr(compiled, "source_code", "") or "")
+    return Bundle(compiled, list(names), counts, loops, time.perf_counter() - start, getattr(compiled, "source_code", "") or "")

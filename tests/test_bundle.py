@@ -1,0 +1,120 @@
+"""A graph's group checks in one Inductor compile (``executors.bundle``), and the code it builds
+reused by the whole graph's compile.
+
+Each test runs against empty caches of its own (as tests/test_executor_cache.py does).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+import fusionlab
+from fusionlab import zoo
+from fusionlab.check import random_tensor
+from fusionlab.executors import InductorGraphExecutor, bundle, clear_cache
+from fusionlab.executors.groups import input_meta
+from fusionlab.kernels.kernel import extract_subgraph
+from fusionlab.plan import plan_for
+
+
+@pytest.fixture(autouse=True)
+def empty_caches(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "fusionlab"))
+    clear_cache()
+    torch._dynamo.reset()
+    yield tmp_path
+    clear_cache()
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    zm = zoo.get("mlp")
+    return zm, plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
+
+
+def _step(zm, plan):
+    ex = InductorGraphExecutor()
+    fused = plan.compile(copy.deepcopy(zm.model), executor=ex)
+    got = fused(*zm.inputs)
+    got.backward()
+    torch.testing.assert_close(got, copy.deepcopy(zm.model)(*zm.inputs), rtol=1e-5, atol=1e-6)
+    return ex, fused.report
+
+
+def _bodies(source: str) -> set[str]:
+    """The C++ source of every function Inductor builds for a compiled module."""
+    return set(re.findall(r"cpp_pybinding\((\[.*?\]), r'''(.*?)'''\)", source, re.S))
+
+
+def test_a_bundle_computes_every_group_as_eager(mlp):
+    _, plan = mlp
+    graph = plan.capture.graph("fw0")
+    cands = [c for c in plan.selected if c.graph == "fw0"]
+    subs = [extract_subgraph(graph.gm, c) for c in cands]
+    gen = torch.Generator().manual_seed(0)
+    examples = [[random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in input_meta(graph, c)] for c in cands]
+    b = bundle.compile_bundle(subs, [c.id for c in cands], examples)
+    outs = b.run([list(x) for x in examples])
+    assert len(outs) == len(cands)
+    for sub, x, out in zip(subs, examples, outs):
+        torch.testing.assert_close(list(out), list(sub(*x)), rtol=1e-5, atol=1e-6)
+    # every loop nest computes one group's ops (none merged across groups)
+    assert b.loops and all(k.group in {c.id for c in cands} for k in b.loops)
+
+
+def test_the_whole_graph_builds_no_group_code_again(mlp, monkeypatch):
+    zm, plan = mlp
+    built = []
+    compile_bundle = bundle.compile_bundle
+
+    def keep(*a, **kw):
+        b = compile_bundle(*a, **kw)
+        built.append(b)
+        return b
+
+    monkeypatch.setattr(bundle, "compile_bundle", keep)
+    ex, report = _step(zm, plan)
+    assert len(built) == 2  # one compile for the checks of each graph, not one per group
+    assert sorted(ex.bundled) == sorted(c.id for c in plan.selected) and not ex.reused_checks
+    assert len(report.used) == len(plan.selected) and not report.failed
+    # every group's C++ function of the bundles is, byte for byte, one of its graph's compile:
+    # Inductor's code cache (keyed by source) builds it once
+    whole = set().union(*(_bodies(g.source) for g in ex.graphs))
+    for b in built:
+        assert _bodies(b.source) and _bodies(b.source) <= whole
+
+
+def test_a_group_wrong_in_the_bundle_is_refused_alone(mlp, monkeypatch):
+    zm, plan = mlp
+    run = bundle.Bundle.run
+    victim = "fw0.log_softmax.0"
+
+    def wrong(self, inputs):
+        outs = run(self, inputs)
+        i = self.names.index(victim) if victim in self.names else None
+        if i is not None:
+            outs[i] = tuple(o + 1 for o in outs[i])
+        return outs
+
+    monkeypatch.setattr(bundle.Bundle, "run", wrong)
+    ex, report = _step(zm, plan)  # still equal to eager: the refused group's ops run unfused
+    failed = {s.candidate: s.reason for s in report.failed}
+    assert list(failed) == [victim] and "check against eager failed" in failed[victim]
+    assert len(report.used) == len(plan.selected) - 1
+
+
+def test_a_bundle_that_fails_leaves_each_group_checked_alone(mlp, monkeypatch):
+    zm, plan = mlp
+
+    def broken(*a, **kw):
+        raise RuntimeError("no bundle today")
+
+    monkeypatch.setattr(bundle, "compile_bundle", broken)
+    ex, report = _step(zm, plan)
+    assert not ex.bundled and not ex.reused_checks
+    assert len(report.used) == len(plan.selected) and all(s.check is not None and s.check.ok for s in report.used)
