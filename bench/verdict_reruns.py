@@ -151,6 +151,9 @@ def report(name: str, runs: list[dict]) -> list[dict]:
         profs = [next(p for p in run["profiles"] if (p["cell"], p["n"]) == (cell, n)) for run in runs]
         print(f"{name} cell {cell} profile {n}: {label}; steps measured per rerun: "
               + ", ".join(f"{p['measured_steps']} ({p['stopped']})" for p in profs))
+        print(f"  {'median ms':<22} " + "  ".join(
+            f"{', '.join(f'{v} {ms:.2f}' for v, ms in p['medians_ms'].items() if ms is not None):<26}"
+            for p in profs))
         for j, comp in enumerate(profs[0]["verdicts"]):
             verdicts = [p["verdicts"][j] for p in profs]
             calls = {v["call"] for v in verdicts}
@@ -160,7 +163,8 @@ def report(name: str, runs: list[dict]) -> list[dict]:
             rows.append({"notebook": name, "cell": cell, "profile": n, "label": label,
                          "comparison": comp["comparison"], "calls": [v["call"] for v in verdicts],
                          "holds": holds, "verdicts": verdicts,
-                         "stopped": [p["stopped"] for p in profs], "steps": [p["measured_steps"] for p in profs]})
+                         "stopped": [p["stopped"] for p in profs], "steps": [p["measured_steps"] for p in profs],
+                         "medians_ms": [p["medians_ms"] for p in profs]})
     return rows
 
 
