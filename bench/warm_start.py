@@ -171,6 +171,7 @@ def main() -> None:
     print(f"first measured step, seconds, measured on this CPU ({args.threads} thread(s), Inductor C++), "
           f"select-all plan, InductorGraphExecutor; {args.reps} rep(s), fresh caches each")
     print("[fusionlab graphs +: served from cache, -: compiled; group checks run / reused]")
+    summary = []
     for name in args.models:
         reps = []
         for i in range(args.reps):
@@ -187,6 +188,15 @@ def main() -> None:
         print(f"{name}: goals (issue 15{', on the medians' if args.reps > 1 else ''})")
         for line in goals(med):
             print("  " + line, flush=True)
+        summary.append((name, med))
+    print(f"\nside by side, seconds{' (medians)' if args.reps > 1 else ''}, measured; goals: cold <= torch.compile, "
+          f"warm and each toggle <= {GOAL_S:g} s")
+    print(f"{'model':<12} {'torch.compile':>13} {'cold':>8} {'cold/tc':>8} {'warm':>7} {'toggle fw':>10} "
+          f"{'toggle bw':>10}  goals met")
+    for name, med in summary:
+        met = sum(("NOT met" not in line) for line in goals(med))
+        print(f"{name:<12} {med['torch.compile']:>13.2f} {med['cold']:>8.2f} {med['cold'] / med['torch.compile']:>7.2f}x "
+              f"{med['warm']:>7.2f} {med['toggle fw']:>10.2f} {med['toggle bw']:>10.2f}  {met} of 4")
 
 
 if __name__ == "__main__":
