@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/verdict_reruns.py [--notebooks 04_profile_a_training_step.ipynb ...]
                                              [--reruns 3] [--json PATH] [--fresh-caches]
+                                             [--magic "zoo:mlp --steps 3 --warmup 1 --compare eager,fusionlab"]
 
 Finds every profile cell in ``notebooks/*.ipynb`` (``%fusionlab profile`` magics and
 ``fl.profile(...)`` / ``fusionlab.profile(...)`` / ``profile_steps`` calls), then for each
@@ -10,7 +11,9 @@ fresh process (an IPython shell, so the magics run as in Jupyter), ``--reruns`` 
 after another, as a student rerunning the notebook would. Every ``ProfileResult`` those cells
 make is recorded (``fusionlab.profiler.profile`` is wrapped; the magic and ``fl.profile`` both
 call it), with each comparison's verdict: every variant against the profile's baseline, and
-fusionlab against unfused where both ran (the comparison the notebooks print).
+fusionlab against unfused where both ran (the comparison the notebooks print). ``--magic ARGS``
+reruns ``%fusionlab profile ARGS`` as a notebook of its own (the magic's defaults, or a cell a
+user typed; given alone, only those run).
 
 Printed: per profile and comparison, the call of each rerun (faster / slower / no measurable
 difference, with the ratio of medians and the steps measured), and whether the call held on
@@ -168,6 +171,16 @@ def report(name: str, runs: list[dict]) -> list[dict]:
     return rows
 
 
+def magic_notebook(path: Path, magic: str) -> Path:
+    """A notebook that loads the extension and runs ``%fusionlab profile <magic>``."""
+    cells = ["%load_ext fusionlab", f"result = %fusionlab profile {magic}\nresult"]
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": c, "metadata": {}, "outputs": [],
+                                           "execution_count": None} for c in cells],
+                                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    print(f"{path.name}: %fusionlab profile {magic}")
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--notebooks", nargs="+", default=None, help="notebook file names (default: every one "
@@ -175,6 +188,9 @@ def main() -> int:
     p.add_argument("--reruns", type=int, default=3)
     p.add_argument("--json", default=None, metavar="PATH", help="write every verdict here")
     p.add_argument("--fresh-caches", action="store_true", help="new fusionlab/Inductor caches each rerun")
+    p.add_argument("--magic", nargs="+", default=[], metavar="ARGS",
+                   help="also rerun '%%fusionlab profile ARGS' as a notebook of its own (after '%%load_ext "
+                        "fusionlab'), e.g. \"zoo:mlp --steps 3 --warmup 1 --compare eager,fusionlab\"")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -186,12 +202,14 @@ def main() -> int:
     for path in paths:
         if not path.is_file():
             p.error(f"no notebook {path}")
-    paths = [path for path in paths if profile_cells(path)]
-    print("profile cells: " + "; ".join(f"{path.name} {profile_cells(path)}" for path in paths))
-    print(f"each notebook rerun {args.reruns}x in fresh processes, top to bottom through its last profile "
-          "cell; verdicts measured on this CPU. Cells: call ratio-of-medians/steps measured")
+    paths = [path for path in paths if profile_cells(path)] if (args.notebooks or not args.magic) else []
     rows = []
     with tempfile.TemporaryDirectory(prefix="fusionlab-reruns-") as d:
+        for i, magic in enumerate(args.magic, 1):  # a notebook of one magic, as a user would type it
+            paths.append(magic_notebook(Path(d) / f"magic{i}.ipynb", magic))
+        print("profile cells: " + "; ".join(f"{path.name} {profile_cells(path)}" for path in paths))
+        print(f"each notebook rerun {args.reruns}x in fresh processes, top to bottom through its last profile "
+              "cell; verdicts measured on this CPU. Cells: call ratio-of-medians/steps measured")
         for path in paths:
             runs = rerun_notebook(path, args.reruns, Path(d) / path.stem, args.fresh_caches)
             rows += report(path.name, runs)
