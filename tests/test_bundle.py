@@ -118,3 +118,22 @@ def test_a_bundle_that_fails_leaves_each_group_checked_alone(mlp, monkeypatch):
     ex, report = _step(zm, plan)
     assert not ex.bundled and not ex.reused_checks
     assert len(report.used) == len(plan.selected) and all(s.check is not None and s.check.ok for s in report.used)
+
+
+def test_kernel_profile_names_each_function_by_its_content(mlp, monkeypatch):
+    zm, plan = mlp
+    built = []
+    compile_bundle = bundle.compile_bundle
+    monkeypatch.setattr(bundle, "compile_bundle", lambda *a, **kw: built.append(compile_bundle(*a, **kw)) or built[-1])
+    ex = InductorGraphExecutor(kernel_profile=True)
+    fused = plan.compile(copy.deepcopy(zm.model), executor=ex)
+    fused(*zm.inputs).backward()
+    names = {k.function for g in ex.graphs for k in g.loops if k.group}
+    # the ops it computes and a hash of its code: no graph id, no counter
+    assert names and all(re.fullmatch(r"cpp_fused_\w+_[0-9a-f]{10}", n) for n in names), names
+    in_bundles = {k.function for b in built for k in b.loops}
+    assert in_bundles and in_bundles <= names  # the same name (and code) as in the whole graph
+    with torch.profiler.profile() as prof:
+        fused(*zm.inputs).backward()
+    recorded = {e.key for e in prof.key_averages()}
+    assert names <= recorded, names - recorded  # torch.profiler times each group's function
