@@ -137,3 +137,35 @@ def test_kernel_profile_names_each_function_by_its_content(mlp, monkeypatch):
         fused(*zm.inputs).backward()
     recorded = {e.key for e in prof.key_averages()}
     assert names <= recorded, names - recorded  # torch.profiler times each group's function
+
+
+class _TwoBlocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU(), torch.nn.LayerNorm(32)) for _ in range(2))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x.sum()
+
+
+def test_twin_groups_are_checked_once(monkeypatch):
+    torch.manual_seed(0)
+    model, x = _TwoBlocks(), torch.randn(8, 32)
+    plan = plan_for(fusionlab.capture(model, x), "all")
+    built = []
+    compile_bundle = bundle.compile_bundle
+    monkeypatch.setattr(bundle, "compile_bundle", lambda *a, **kw: built.append(compile_bundle(*a, **kw)) or built[-1])
+    ex = InductorGraphExecutor()
+    fused = plan.compile(copy.deepcopy(model), executor=ex)
+    got = fused(x)
+    got.backward()
+    torch.testing.assert_close(got, copy.deepcopy(model)(x), rtol=1e-5, atol=1e-5)
+    in_bundles = [n for b in built for n in b.names]
+    # the second block's groups are the first's twins (same ops, wiring and inputs): one check each
+    assert len(in_bundles) < len(plan.selected)
+    assert sorted(ex.bundled) == sorted(c.id for c in plan.selected) and not ex.reused_checks
+    assert all(s.check.ok and s.check.kernel.endswith(s.candidate.replace(".", "_").replace("+", "_"))
+               for s in fused.report.used)

@@ -40,6 +40,17 @@ def _code_version() -> str:
     return h.hexdigest()
 
 
+def structure(sub: torch.fx.GraphModule) -> list:
+    """The subgraph's ops and wiring without node names: two layers' identical groups are one."""
+    index = {n: i for i, n in enumerate(sub.graph.nodes)}
+
+    def ref(a):
+        return torch.fx.node.map_arg(a, lambda n: f"%{index[n]}")
+
+    return [(n.op, "" if n.op == "placeholder" else str(n.target), repr(ref(n.args)), repr(ref(n.kwargs)))
+            for n in sub.graph.nodes]
+
+
 def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: int, executor: str) -> str:
     """What a group's check result depends on: the executor that reports it, the subgraph's
     code (its ops), the inputs' shapes, strides, dtypes and devices, the check's seed and

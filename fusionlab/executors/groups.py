@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 
@@ -20,7 +21,7 @@ from ..check import (
 )
 from ..kernels.kernel import KernelStatus, extract_subgraph
 from . import checks
-from .checks import check_groups, check_key, new_result, store_check, stored_check
+from .checks import check_groups, check_key, new_result, store_check, stored_check, structure
 from .policy import compile_with_policy, policy_for
 
 # kernel calls in Inductor's generated ``call`` function
@@ -246,7 +247,7 @@ class InductorGroupExecutor:
         is compiled and checked alone as before."""
         if not self.validate:
             return
-        todo = []
+        todo, twins = [], {}  # twins: the same ops, wiring and inputs (the same block in the next layer)
         for cand in cands:
             try:
                 metas = input_meta(graph, cand)
@@ -254,31 +255,38 @@ class InductorGroupExecutor:
             except Exception:  # noqa: BLE001 - __call__ reports it for this group
                 continue
             ckey = check_key(sub, metas, self.seed, self.trials, self.name)
-            if stored_check(ckey) is None:
-                todo.append((cand, sub, metas, ckey))
-        if len(todo) < 2:  # one group: a bundle is the same work as compiling it alone
-            return
+            if stored_check(ckey) is not None:
+                continue
+            same = repr((structure(sub), [m[1:] for m in metas]))
+            if same in twins:  # Inductor generates the same code for it: its twin's check is its own
+                twins[same].append((cand, ckey))
+            else:
+                twins[same] = [(cand, ckey)]
+                todo.append((cand, sub, metas, ckey, same))
+        if not todo or (len(todo) == 1 and len(twins[todo[0][4]]) == 1):
+            return  # one group: a bundle is the same work as compiling it alone
         from .._env import debug
         from .bundle import compile_bundle
 
-        names = [f"inductor_{c.id.replace('.', '_').replace('+', '_')}" for c, *_ in todo]
-        results = [new_result(n, metas, self.name) for n, (_, _, metas, _) in zip(names, todo)]
+        subs, metas = [t[1] for t in todo], [t[2] for t in todo]
+        names = [f"inductor_{t[0].id.replace('.', '_').replace('+', '_')}" for t in todo]
+        results = [new_result(n, m, self.name) for n, m in zip(names, metas)]
         try:
             with _outside_compile():
                 gen = torch.Generator(device="cpu")
                 gen.manual_seed(self.seed)
-                first = [[random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas] for _, _, metas, _ in todo]
-                bundle = compile_bundle([sub for _, sub, _, _ in todo], [c.id for c, *_ in todo], first,
-                                        kernel_profile=self.kernel_profile)
-                check_groups(bundle.run, [sub for _, sub, _, _ in todo], [m for _, _, m, _ in todo], results,
-                             gen, self.trials, first)
+                first = [[random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in m] for m in metas]
+                bundle = compile_bundle(subs, [t[0].id for t in todo], first, kernel_profile=self.kernel_profile)
+                check_groups(bundle.run, subs, metas, results, gen, self.trials, first)
         except Exception as e:  # noqa: BLE001 - each group is then compiled and checked alone
             debug(1, f"bundle of {len(todo)} groups of {graph.tag} failed ({type(e).__name__}: {e}); "
                      "checking each alone")
             return
-        for (cand, _, _, ckey), res in zip(todo, results):
-            store_check(ckey, res)
-            self.bundled[cand.id] = res.seconds + bundle.seconds / len(todo)
+        for (*_, same), res in zip(todo, results):
+            for twin, ckey in twins[same]:
+                name = f"inductor_{twin.id.replace('.', '_').replace('+', '_')}"
+                store_check(ckey, dataclasses.replace(res, kernel=name))
+                self.bundled[twin.id] = res.seconds + bundle.seconds / len(todo)
 
     def _build(self, cand: Candidate, graph: CapturedGraph):
         metas = input_meta(graph, cand)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import cache
+from ..executors.checks import structure
 from ..nodecost import fmt_bytes
 from ..verdict import SLOWER, compare
 
@@ -112,19 +113,8 @@ class CandidateValues(list):
         return "<pre>" + html.escape(self.table()) + "</pre>"
 
 
-def _signature(sub) -> list:
-    """The subgraph's ops and wiring without node names: two layers' identical groups are one."""
-    index = {n: i for i, n in enumerate(sub.graph.nodes)}
-
-    def ref(a):
-        return torch.fx.node.map_arg(a, lambda n: f"%{index[n]}")
-
-    return [(n.op, "" if n.op == "placeholder" else str(n.target), repr(ref(n.args)), repr(ref(n.kwargs)))
-            for n in sub.graph.nodes]
-
-
 def _key(sub, metas, rounds: int, executor: str) -> str:
-    return cache.make_key("candidate-value", executor, _signature(sub), [repr(m[1:]) for m in metas], rounds,
+    return cache.make_key("candidate-value", executor, structure(sub), [repr(m[1:]) for m in metas], rounds,
                           torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
 
 
