@@ -47,7 +47,8 @@ function holds one group's loop nests and its source carries no per-compile name
 whole graph's compile finds each group's code already built (Inductor's code cache is keyed
 by source): the checks cost one lowering per graph, not one compile and C++ build per group.
 A group that fails is refused alone; a bundle that cannot be built or run leaves every group
-to be compiled and checked alone, as before.
+to be compiled and checked alone, as before. Twin groups (the same ops, wiring and inputs:
+the same block in the next layer) are checked once, and the result kept for each.
 
 Caches. The fusion policy is part of Inductor's FX graph cache key (a post-fusion scheduler
 pass whose ``uuid()`` hashes it), so a plan compiled once, in this process or an earlier
