@@ -36,6 +36,23 @@ os.environ["FUSIONLAB_CACHE_DIR"] = os.environ.get("FUSIONLAB_TEST_CACHE_DIR") o
     prefix="fusionlab-test-cache-")
 
 
+@pytest.fixture
+def empty_caches(monkeypatch, tmp_path):
+    """Empty Inductor and fusionlab caches of this test's own (tmp dirs), and nothing this
+    process compiled or checked remembered: no test reads or writes the user's caches or
+    depends on another test's."""
+    import torch
+
+    from fusionlab.executors import clear_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "fusionlab"))
+    clear_cache()
+    torch._dynamo.reset()
+    yield tmp_path
+    clear_cache()
+
+
 @pytest.fixture(scope="session")
 def zoo_model():
     models: dict[str, zoo.ZooModel] = {}

@@ -17,15 +17,7 @@ from fusionlab import zoo
 from fusionlab.executors import InductorGraphExecutor, clear_cache
 from fusionlab.plan import plan_for
 
-
-@pytest.fixture(autouse=True)
-def empty_caches(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "fusionlab"))
-    clear_cache()
-    torch._dynamo.reset()
-    yield tmp_path
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("empty_caches")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
