@@ -269,7 +269,7 @@ class InductorGroupExecutor:
         from .bundle import compile_bundle
 
         subs, metas = [t[1] for t in todo], [t[2] for t in todo]
-        names = [f"inductor_{t[0].id.replace('.', '_').replace('+', '_')}" for t in todo]
+        names = [_group_name(t[0]) for t in todo]
         results = [new_result(n, m, self.name) for n, m in zip(names, metas)]
         try:
             with _outside_compile():
@@ -284,15 +284,14 @@ class InductorGroupExecutor:
             return
         for (*_, same), res in zip(todo, results):
             for twin, ckey in twins[same]:
-                name = f"inductor_{twin.id.replace('.', '_').replace('+', '_')}"
-                store_check(ckey, dataclasses.replace(res, kernel=name))
+                store_check(ckey, dataclasses.replace(res, kernel=_group_name(twin)))
                 self.bundled[twin.id] = res.seconds + bundle.seconds / len(todo)
 
     def _build(self, cand: Candidate, graph: CapturedGraph):
         metas = input_meta(graph, cand)
         sub = extract_subgraph(graph.gm, cand)
         key = (sub.code, tuple(m[1:] for m in metas))
-        name = f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"
+        name = _group_name(cand)
         ckey = check_key(sub, metas, self.seed, self.trials, self.name) if self.validate else None
         check = stored_check(ckey) if ckey is not None else None
         if check is not None:  # checked: in this graph's bundle, or before (this process or an earlier one)
@@ -335,6 +334,11 @@ class InductorGroupExecutor:
         if check is not None and not check.ok:
             return None, KernelStatus(cand.id, name, False, f"check against eager failed: {check}", check)
         return group, KernelStatus(cand.id, name, True, "", check)
+
+
+def _group_name(cand: Candidate) -> str:
+    """The compiled group's name (its check result's ``kernel``)."""
+    return f"inductor_{cand.id.replace('.', '_').replace('+', '_')}"
 
 
 def _check_alone(group: CompiledGroup, sub, metas, gen, first, executor: InductorGroupExecutor) -> CheckResult:
