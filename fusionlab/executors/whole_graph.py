@@ -87,14 +87,15 @@ class InductorGraphExecutor(InductorGroupExecutor):
     def describe(self) -> str:
         loops = [k for g in self.graphs for k in g.loops]
         inside = sum(1 for k in loops if k.group is not None)
-        text = ("each selected group is compiled alone by Inductor (C++) and checked against eager; then "
+        text = ("each selected group is compiled by Inductor (C++) and checked against eager (all of a "
+                "graph's groups in one compile); then "
                 "each graph is compiled whole by Inductor with fusion allowed only inside the groups; "
                 + ("every other op is an ATen call, as in eager" if self.eager_outside_groups else
                    "every other op runs on its own: a loop nest Inductor generates for it, or a library call"))
         if loops:
             text += (f": {len(loops)} loop nests ({inside} for groups, {len(loops) - inside} single ops), "
                      f"{sum(g.kernels for g in self.graphs)} C++ function or library calls per step "
-                     "(Inductor puts consecutive loop nests in one C++ function; each still reads and "
+                     "(a C++ function holds one group's loop nests, or consecutive ops outside the groups; each nest still reads and "
                      "writes memory)")
         return text
 

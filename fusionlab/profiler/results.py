@@ -356,7 +356,9 @@ class ProfileResult:
     def _repr_html_(self) -> str:
         def html_table(detail: bool) -> str:
             try:
-                return self.table(detail).to_html(float_format=lambda x: f"{x:.4g}", na_rep="-")
+                # the update's share as a percent, as the text view shows it
+                return self.table(detail).to_html(float_format=lambda x: f"{x:.4g}", na_rep="-",
+                                                  formatters={"update share": lambda x: f"{x:.0%}"})
             except ImportError:
                 return "<pre>" + html.escape(self.text(detail)) + "</pre>"
 
