@@ -6,7 +6,10 @@ notebook 5 (its profile cell is the one that fits in a couple of minutes: about 
 rerun on a shared 2-core CPU) three times and requires every comparison's call (faster /
 slower / no measurable difference) to be the same on each. Notebook 4's gpt2-block profiles
 take minutes a rerun (three compiles of the block); they run in the bench only:
-``python bench/verdict_reruns.py``. No assertion reads a time.
+``python bench/verdict_reruns.py``. No assertion reads a time, but whether a verdict holds
+depends on the machine's noise: on a CI machine running a second pytest worker beside it,
+a 0.97x effect (next to the ±3 % a verdict needs) was called "slower" in one rerun of three.
+So that test is marked ``timing``: not part of ``make test``; ``make timing`` runs it alone.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def test_every_profile_cell_of_the_notebooks_is_found(reruns):
     assert found["04_profile_a_training_step.ipynb"] and found["05_your_own_fusion.ipynb"]
 
 
-@pytest.mark.slow
+@pytest.mark.timing
 def test_notebook_5_profile_verdicts_hold_on_three_reruns(tmp_path):
     out = tmp_path / "verdicts.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
