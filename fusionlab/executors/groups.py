@@ -20,7 +20,7 @@ from ..check import (
     random_tensor,
 )
 from ..kernels.kernel import KernelStatus, extract_subgraph
-from . import checks
+from . import builds, checks
 from .checks import check_groups, check_key, new_result, store_check, stored_check, structure
 from .policy import compile_with_policy, policy_for
 
@@ -357,3 +357,4 @@ def clear_cache() -> None:
     """Forget every group compiled and checked in this process (the disk caches stay)."""
     InductorGroupExecutor._cache.clear()
     checks.KNOWN.clear()
+    builds.forget()

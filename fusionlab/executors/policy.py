@@ -40,6 +40,7 @@ import torch.fx
 
 from .. import cache
 from ..fxgraph import copy_graph
+from .builds import batched_builds
 
 
 @dataclass
@@ -325,6 +326,7 @@ def _compile_once(gm, example_inputs, policy: Policy, pass_, cache_on=True, stor
                                           _post_fusion_custom_pass=pass_ if pass_ is not None else record_nodes,
                                           **{"cpp.enable_kernel_profile": policy.kernel_profile}))
         stack.enter_context(V.set_choices_handler(_only_inside_groups(group_of, compute)))
+        stack.enter_context(batched_builds())
         compiled = compile_fx_inner(gm, example_inputs)
     fused = pass_.fused if pass_ is not None else (recorded[0] if recorded else None)
     if fused is None:

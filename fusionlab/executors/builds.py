@@ -1,0 +1,242 @@
+"""One C++ build for the kernels of one compile: the one place the executors touch how Inductor
+builds its CPU code.
+
+Inductor builds every C++ function of a compile as its own shared library: one ``g++`` run per
+function, and most of each run is spent on the headers every function includes (measured on
+this 2-core CPU: 12 functions of the GPT-2 block, 37 s built one by one, 3.6 s as one file).
+Inside :func:`batched_builds` the functions a compile asks for are collected instead, and built
+together when the compiled module first needs them (at ``async_compile.wait``), as one library
+per compile (two, built side by side, when Inductor may use two compile workers and there are
+enough functions), with a Python binding per function (Inductor's own, one per function).
+
+Each function is still found by its own source: a function already built in an earlier compile
+(the same group checked in a bundle, then run in the whole graph; a toggle that changes one
+group) is loaded from the library that holds it, in this process or a later one (a small index
+beside Inductor's cache, one file per function: which library, which symbol), and never built
+again. What is built is Inductor's generated code, byte for byte, with Inductor's flags, vector
+ISA and precompiled header; only the packaging differs. A library that fails to build (never
+expected) is built again the way Inductor does it, one function at a time, so a bad batch can
+cost time but never correctness. ``FUSIONLAB_BATCH_BUILDS=0`` turns batching off (Inductor's
+own one library per function), for comparison.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import os
+import threading
+
+import torch
+
+_PREFIX_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
+_PROFILE_INCLUDE = "#include <torch/csrc/inductor/aoti_runtime/utils.h>"
+_ENTRY = "kernel"  # the C++ function every source defines (CppPythonBindingsCodeCache.entry_function)
+_MIN_PER_LIBRARY = 4  # a second library (a second compile worker) only for at least this many functions
+_lock = threading.RLock()
+_loaded: dict[str, object] = {}  # function key -> its Python binding, this process
+
+
+def forget() -> None:
+    """Forget the bindings loaded in this process (the libraries and their index stay on disk)."""
+    _loaded.clear()
+
+
+def _cache_dir() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
+def _function_key(argtypes, source: str) -> str:
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    text = json.dumps([torch.__version__, str(pick_vec_isa()), _cache_dir(), list(argtypes), source])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _index_path(key: str) -> str:
+    return os.path.join(_cache_dir(), "fusionlab-functions", key[:2], key + ".json")
+
+
+def _from_index(key: str):
+    """The binding of a function built in an earlier compile (this process or an earlier one)."""
+    if key in _loaded:
+        return _loaded[key]
+    from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+    try:
+        with open(_index_path(key)) as f:
+            entry = json.load(f)
+        if not os.path.exists(entry["path"]):
+            return None
+        lib = CppPythonBindingsCodeCache._load_library(entry["path"], entry["library"])
+        fn = getattr(lib, entry["symbol"])
+    except (OSError, ValueError, KeyError, AttributeError, ImportError):
+        return None
+    _loaded[key] = fn
+    return fn
+
+
+def _remember(key: str, lib, symbol: str) -> None:
+    path = _index_path(key)
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"path": lib.__file__, "library": lib.key, "symbol": symbol}, f)
+        os.replace(tmp, path)
+
+
+def _bindings(argtypes_of: list) -> str:
+    """Inductor's Python binding code, one entry point ``kernel_<i>`` per function."""
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as C
+
+    template = C.suffix_template
+    head_end, tail_start = template.index("static PyObject* {entry_func}_py"), template.index(
+        "static PyMethodDef py_methods[]")
+    head = template[:head_end].format(entry_func=_ENTRY, extra_parse_arg="")
+    entry = template[head_end:tail_start]
+    parts = [head]
+    for i, argtypes in enumerate(argtypes_of):
+        parse = ", ".join(f"parse_arg<{t.replace('const ', '')}>(args, {n})" for n, t in enumerate(argtypes))
+        parts.append(entry.format(entry_func=f"{_ENTRY}_{i}", arg_len=len(argtypes),
+                                  call_entry_func=f"{_ENTRY}_{i}({parse}); Py_RETURN_NONE;"))
+    methods = "".join(f'    {{"{_ENTRY}_{i}", {_ENTRY}_{i}_py, METH_VARARGS, ""}},\n' for i in range(len(argtypes_of)))
+    tail = template[tail_start:].format(entry_func=_ENTRY)
+    start = tail.index("{", tail.index("py_methods[]")) + 1
+    tail = tail[:start] + "\n" + methods + "    {NULL, NULL, 0, NULL}};" + tail[tail.index("};", start) + 2:]
+    return "\n".join(parts) + tail
+
+
+def library_source(functions: list[tuple[list, str]]) -> str:
+    """One C++ file holding every function (its ``kernel`` renamed ``kernel_<i>``) and its binding."""
+    includes = [_PREFIX_INCLUDE] + ([_PROFILE_INCLUDE] if any(_PROFILE_INCLUDE in s for _, s in functions) else [])
+    body = []
+    for i, (_, source) in enumerate(functions):
+        body.append(f"#define {_ENTRY} {_ENTRY}_{i}\n{source}\n#undef {_ENTRY}")
+    return "\n".join(includes) + "\n" + "\n".join(body) + "\n" + _bindings([a for a, _ in functions])
+
+
+class _Batch:
+    """The functions one compile asked for that no library holds yet; built on first need."""
+
+    def __init__(self):
+        self.functions: list[tuple[str, list, str]] = []  # (key, argtypes, source)
+        self.bindings: dict[str, object] | None = None
+
+    def add(self, key: str, argtypes, source: str) -> _Pending:
+        if key not in {k for k, _, _ in self.functions}:
+            self.functions.append((key, list(argtypes), source))
+        return _Pending(self, key)
+
+    def binding(self, key: str):
+        with _lock:
+            if self.bindings is None:
+                self.bindings = self._build()
+            return self.bindings[key]
+
+    def _build(self) -> dict[str, object]:
+        from torch._inductor.async_compile import get_compile_threads
+        from torch._inductor.codecache import CppPythonBindingsCodeCache as C
+
+        global _collecting
+        if _collecting is self:
+            _collecting = None  # later requests start a new batch
+        todo = [(k, a, s) for k, a, s in self.functions if _from_index(k) is None]
+        out = {k: _from_index(k) for k, _, _ in self.functions if k not in {t[0] for t in todo}}
+        if len(todo) == 1:  # nothing to share: Inductor's own library for it
+            out.update(_one_by_one(todo))
+            return out
+        n_libs = max(1, min(get_compile_threads() or 1, len(todo) // _MIN_PER_LIBRARY))
+        chunks = [todo[i::n_libs] for i in range(n_libs)]
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=n_libs) as pool:
+                loads = [C.load_async(library_source([(a, s) for _, a, s in chunk]), "cpu",
+                                      submit_fn=pool.submit if n_libs > 1 else None) for chunk in chunks]
+                libs = [load() for load in loads]
+        except Exception as e:  # noqa: BLE001 - built again Inductor's way, one function at a time
+            from .._env import debug
+
+            debug(1, f"one library for {len(todo)} C++ functions failed ({type(e).__name__}: {e}); "
+                     "building each on its own")
+            out.update(_one_by_one(todo))
+            return out
+        for chunk, lib in zip(chunks, libs):
+            for i, (k, _, _) in enumerate(chunk):
+                out[k] = _loaded[k] = getattr(lib, f"{_ENTRY}_{i}")
+                _remember(k, lib, f"{_ENTRY}_{i}")
+        return out
+
+
+def _one_by_one(functions) -> dict[str, object]:
+    """Inductor's own build: a library per function (its binding's ``__self__`` is the library)."""
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as C
+
+    out = {}
+    for k, a, s in functions:
+        out[k] = _loaded[k] = C.load_pybinding(a, s)
+        _remember(k, out[k].__self__, _ENTRY)
+    return out
+
+
+_collecting: _Batch | None = None
+
+
+def _future_base():
+    from torch._inductor.codecache import CodeCacheFuture
+
+    return CodeCacheFuture
+
+
+class _Pending(_future_base()):
+    """What ``async_compile.cpp_pybinding`` returns inside :func:`batched_builds`."""
+
+    def __init__(self, batch: _Batch, key: str):
+        self.batch, self.key = batch, key
+
+    def result(self):
+        return self.batch.binding(self.key)
+
+
+def _cpp_pybinding(self, argtypes, source_code: str):
+    global _collecting
+    key = _function_key(argtypes, source_code)
+    with _lock:
+        fn = _from_index(key)
+        if fn is not None:
+            return fn
+        if _collecting is None:
+            _collecting = _Batch()
+        return _collecting.add(key, argtypes, source_code)
+
+
+@contextlib.contextmanager
+def batched_builds():
+    """Inside: the C++ functions of each compiled module are built as one library (or found
+    built); ``async_compile.wait`` resolves them before Inductor's own futures."""
+    from unittest import mock
+
+    from torch._inductor.async_compile import AsyncCompile
+
+    wait = AsyncCompile.wait
+
+    def resolve_then_wait(self, scope):
+        for name, value in list(scope.items()):
+            if isinstance(value, _Pending):
+                scope[name] = value.result()
+        return wait(self, scope)
+
+    global _collecting
+    if os.environ.get("FUSIONLAB_BATCH_BUILDS", "1") == "0":  # Inductor's way: one library per function
+        yield
+        return
+    try:
+        with mock.patch.object(AsyncCompile, "cpp_pybinding", _cpp_pybinding), \
+                mock.patch.object(AsyncCompile, "wait", resolve_then_wait):
+            yield
+    finally:
+        with _lock:
+            _collecting = None  # a compile that failed before its wait leaves nothing for the next
