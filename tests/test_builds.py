@@ -108,3 +108,26 @@ def test_the_bindings_call_each_function_with_its_own_arguments():
     assert "kernel_1(parse_arg<float*>(args, 0), parse_arg<float*>(args, 1), parse_arg<float*>(args, 2), " \
            "parse_arg<int64_t>(args, 3))" in source
     assert "requires 4 args" in source and "requires 2 args" in source
+
+
+def test_compiles_that_run_nothing_in_between_share_one_library():
+    (subs1, names1, ex1), (subs2, names2, ex2) = _groups(_a, _b), _groups(_c, _d)
+    first, second = compile_bundle(subs1, names1, ex1), compile_bundle(subs2, names2, ex2)
+    assert _index() == {}  # nothing built yet: the functions are built on their first call
+    for b, fns, examples in ((first, (_a, _b), ex1), (second, (_c, _d), ex2)):
+        for f, x, out in zip(fns, examples, b.run([list(x) for x in examples])):
+            torch.testing.assert_close(out[0], f(*x))
+    where = _index()
+    assert len(where) == 4 and len({w["path"] for w in where.values()}) == 1, where
+
+
+def test_a_function_that_does_not_build_fails_only_where_it_is_called():
+    subs, names, examples = _groups(_a, _b)
+    good = compile_bundle(subs, names, examples)
+    pending = builds._collecting
+    assert pending is not None and len(pending.functions) == 2
+    bad = pending.add("no-such-function", ["float*"], 'extern "C" void kernel(float* x) { this is not C++; }')
+    for f, x, out in zip((_a, _b), examples, good.run([list(x) for x in examples])):
+        torch.testing.assert_close(out[0], f(*x))
+    with pytest.raises(Exception, match="(?i)error|failed"):
+        bad(torch.zeros(1))

@@ -50,6 +50,16 @@ A group that fails is refused alone; a bundle that cannot be built or run leaves
 to be compiled and checked alone, as before. Twin groups (the same ops, wiring and inputs:
 the same block in the next layer) are checked once, and the result kept for each.
 
+Builds. Inductor builds each C++ function of a compile as a shared library of its own, one
+``g++`` run per function, most of it spent on the headers every function includes. Under the
+executors' compiles (:mod:`.builds`) the functions a compiled module asks for are built
+together, as one library (two side by side where Inductor has two compile workers), when
+the module is loaded; each function stays findable by its own source, so a function built
+once (a group checked in its bundle, then run in the whole graph; a toggle) is loaded from
+the library that holds it, in this process or a later one, and never built again. The code
+and flags are Inductor's; only the packaging differs. ``FUSIONLAB_BATCH_BUILDS=0`` turns it
+off.
+
 Caches. The fusion policy is part of Inductor's FX graph cache key (a post-fusion scheduler
 pass whose ``uuid()`` hashes it), so a plan compiled once, in this process or an earlier
 one, comes back from that cache, and one plan's code is never served for another. A hit

@@ -4,10 +4,11 @@ builds its CPU code.
 Inductor builds every C++ function of a compile as its own shared library: one ``g++`` run per
 function, and most of each run is spent on the headers every function includes (measured on
 this 2-core CPU: 12 functions of the GPT-2 block, 37 s built one by one, 3.6 s as one file).
-Inside :func:`batched_builds` the functions a compile asks for are collected instead, and built
-together when the compiled module first needs them (at ``async_compile.wait``), as one library
-per compile (two, built side by side, when Inductor may use two compile workers and there are
-enough functions), with a Python binding per function (Inductor's own, one per function).
+Inside :func:`batched_builds` the functions a compile asks for are collected instead, and
+built together on the first call of any of them, as one library (two, built side by side, when
+Inductor may use two compile workers and there are enough functions), with Inductor's Python
+binding for each. Compiles that run nothing in between (every candidate's group, compiled
+before any is timed) share one build; a compile whose module runs at once builds its own.
 
 Each function is still found by its own source: a function already built in an earlier compile
 (the same group checked in a bundle, then run in the whole graph; a toggle that changes one
@@ -136,7 +137,10 @@ class _Batch:
         with _lock:
             if self.bindings is None:
                 self.bindings = self._build()
-            return self.bindings[key]
+            found = self.bindings[key]
+        if isinstance(found, Exception):  # this function's own build failed: its caller sees why
+            raise found
+        return found
 
     def _build(self) -> dict[str, object]:
         from torch._inductor.async_compile import get_compile_threads
@@ -172,12 +176,18 @@ class _Batch:
 
 
 def _one_by_one(functions) -> dict[str, object]:
-    """Inductor's own build: a library per function (its binding's ``__self__`` is the library)."""
+    """Inductor's own build: a library per function (its binding's ``__self__`` is the library).
+    A function that fails to build gets its error, raised where it is called: the functions
+    built with it (other compiles' among them) do not pay for it."""
     from torch._inductor.codecache import CppPythonBindingsCodeCache as C
 
-    out = {}
+    out: dict[str, object] = {}
     for k, a, s in functions:
-        out[k] = _loaded[k] = C.load_pybinding(a, s)
+        try:
+            out[k] = _loaded[k] = C.load_pybinding(a, s)
+        except Exception as e:  # noqa: BLE001 - Inductor's build error, kept for the caller
+            out[k] = e
+            continue
         _remember(k, out[k].__self__, _ENTRY)
     return out
 
@@ -185,20 +195,25 @@ def _one_by_one(functions) -> dict[str, object]:
 _collecting: _Batch | None = None
 
 
-def _future_base():
-    from torch._inductor.codecache import CodeCacheFuture
+class _Pending:
+    """A C++ function not built yet, where Inductor's module expects its binding: built on its
+    first call (with every function collected with it), then put in its place in the module."""
 
-    return CodeCacheFuture
-
-
-class _Pending(_future_base()):
-    """What ``async_compile.cpp_pybinding`` returns inside :func:`batched_builds`."""
+    __slots__ = ("batch", "key", "homes")
 
     def __init__(self, batch: _Batch, key: str):
         self.batch, self.key = batch, key
+        self.homes: list[tuple[dict, str]] = []  # (module globals, name) that hold this stand-in
 
     def result(self):
         return self.batch.binding(self.key)
+
+    def __call__(self, *args):
+        fn = self.result()
+        for scope, name in self.homes:
+            if scope.get(name) is self:
+                scope[name] = fn
+        return fn(*args)
 
 
 def _cpp_pybinding(self, argtypes, source_code: str):
@@ -215,28 +230,25 @@ def _cpp_pybinding(self, argtypes, source_code: str):
 
 @contextlib.contextmanager
 def batched_builds():
-    """Inside: the C++ functions of each compiled module are built as one library (or found
-    built); ``async_compile.wait`` resolves them before Inductor's own futures."""
+    """Inside: the C++ functions a compiled module asks for are found built, or collected; the
+    collected ones are built as one library on the first call of any of them, so compiles
+    that run nothing in between (the groups of a candidate table) share one build."""
     from unittest import mock
 
     from torch._inductor.async_compile import AsyncCompile
 
     wait = AsyncCompile.wait
 
-    def resolve_then_wait(self, scope):
+    def wait_for_inductors_own(self, scope):
         for name, value in list(scope.items()):
-            if isinstance(value, _Pending):
-                scope[name] = value.result()
+            if isinstance(value, _Pending):  # built on first call: later compiles may add to its library
+                value.homes.append((scope, name))
         return wait(self, scope)
 
-    global _collecting
     if os.environ.get("FUSIONLAB_BATCH_BUILDS", "1") == "0":  # Inductor's way: one library per function
         yield
         return
-    try:
-        with mock.patch.object(AsyncCompile, "cpp_pybinding", _cpp_pybinding), \
-                mock.patch.object(AsyncCompile, "wait", resolve_then_wait):
-            yield
-    finally:
-        with _lock:
-            _collecting = None  # a compile that failed before its wait leaves nothing for the next
+    # the batch outlives the compile: the next compile adds to it until a function is called
+    with mock.patch.object(AsyncCompile, "cpp_pybinding", _cpp_pybinding), \
+            mock.patch.object(AsyncCompile, "wait", wait_for_inductors_own):
+        yield

@@ -73,10 +73,12 @@ class CompiledGroup:
             gen.manual_seed(seed)
             examples = [random_tensor(s, st, dt, dev, gen) for _, s, st, dt, dev in metas]
             built = _compile_group(sub, examples, self.name, kernel_profile=kernel_profile)
-            built(*examples)  # the first call goes through CompiledFxGraph.__call__
+        # not called here: its C++ functions are built on the first call, with those of every
+        # group compiled before it (executors.builds), and that call goes through
+        # CompiledFxGraph.__call__ (self.fast is set after it)
         self.fn, self.kernels, self.seconds, self.source, self.boxed, self.how = (
             built.fn, built.kernels, built.seconds, built.source, built.boxed, built.how)
-        self.fast, self._pending = built.boxed, None
+        self.fast, self._pending = False, None
 
     def __call__(self, *args):
         if self._pending is not None:
@@ -85,8 +87,11 @@ class CompiledGroup:
             fn = self._fast or self.fn
             if _profiling():
                 with _record(f"fusionlab group {self.name}"):
-                    return fn(list(args))
-            return fn(list(args))
+                    out = fn(list(args))
+            else:
+                out = fn(list(args))
+            self.fast = self.how == "compile_fx_inner"  # after a first call through CompiledFxGraph
+            return out
         return self.fn(*args)
 
     @property

@@ -176,12 +176,13 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
     start = time.perf_counter()
     rows, seen = [], {}
     try:
-        _check_in_bundles(executor, plan, cands, rounds)
+        built = _check_and_compile(executor, plan, cands, rounds)
         for c in cands:
             graph = plan.capture.graph(c.graph)
             if bar is not None:
                 bar.set_postfix_str(c.id)
-            row = _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen)
+            row = _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen,
+                               built)
             rows.append(row)
             if bar is not None:
                 bar.update(1)
@@ -193,10 +194,14 @@ def measure_candidates(plan, candidates=None, *, rounds: int = 30, progress: boo
     return CandidateValues(rows, where, time.perf_counter() - start)
 
 
-def _check_in_bundles(executor, plan, cands, rounds: int) -> None:
-    """Check every candidate not measured before in one Inductor compile per graph (the group
-    executor's ``prepare``), instead of one compile and C++ build per candidate: each group is
-    then compiled alone for its timing with its C++ code already built (the same source)."""
+def _check_and_compile(executor, plan, cands, rounds: int) -> dict[str, tuple]:
+    """Every candidate not measured before: checked in one Inductor compile per graph (the group
+    executor's ``prepare``) instead of one compile and C++ build per candidate, then compiled
+    alone for its timing, before any is timed. Returns value key -> the executor's answer.
+
+    A group's functions are mostly the same source as in its bundle (built there); the rest,
+    across all the groups, are built as one library when the first group is timed
+    (``executors.builds``), not one library per group."""
     from ..executors.groups import input_meta
     from ..kernels.kernel import extract_subgraph
 
@@ -207,14 +212,21 @@ def _check_in_bundles(executor, plan, cands, rounds: int) -> None:
             key = _key(extract_subgraph(graph.gm, c), input_meta(graph, c), rounds, executor.name)
             stored = cache.get(key, VALUES)
         except (cache.CacheCorruptError, OSError, ValueError):
-            stored = None
+            key, stored = None, None
         if not isinstance(stored, dict):
-            todo.setdefault(c.graph, []).append(c)
+            todo.setdefault(c.graph, []).append((key, c))
+    built: dict[str, tuple] = {}
     for tag, group in todo.items():
-        executor.prepare(plan.capture.graph(tag), group)
+        graph = plan.capture.graph(tag)
+        executor.prepare(graph, [c for _, c in group])
+        for key, c in group:
+            if key is not None and key not in built:  # a twin is compiled once
+                built[key] = executor(c, graph)
+    return built
 
 
-def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen) -> CandidateValue:
+def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract_subgraph, seen,
+                 built) -> CandidateValue:
     """One candidate's row; a candidate with the same ops, wiring and inputs as one measured in
     this run (the same block in another layer) gets that measurement, saying whose."""
     from ..executors.groups import input_meta  # the inputs as the group executor sees them
@@ -233,7 +245,7 @@ def _measure_one(executor, c, graph, rounds, seed, where, random_tensor, extract
                                         "same_as": ""})
                 seen[key] = row
                 return row
-    fn, status = executor(c, graph)
+    fn, status = built[key] if key in built else executor(c, graph)
     nan = math.nan
     if fn is None:
         row = CandidateValue(c.id, nan, nan, nan, nan, nan, nan, nan, "", 0, c.bytes_saved, where,
