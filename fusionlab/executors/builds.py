@@ -28,6 +28,8 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
+import sys
 import threading
 
 import torch
@@ -52,9 +54,11 @@ def _cache_dir() -> str:
 
 
 def _function_key(argtypes, source: str) -> str:
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    text = json.dumps([torch.__version__, str(pick_vec_isa()), _cache_dir(), list(argtypes), source])
+    # the CPU by what ATen detects (Inductor's own pick of a vector ISA builds and loads a
+    # probe library in a subprocess, once per process: most of a second a new process would
+    # pay here for nothing when every function it needs is built)
+    cpu = [sys.platform, platform.machine(), torch.backends.cpu.get_cpu_capability()]
+    text = json.dumps([torch.__version__, cpu, _cache_dir(), list(argtypes), source])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

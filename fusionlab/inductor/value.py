@@ -2,9 +2,10 @@
 
 For every candidate of a plan (or the ones named): the group is built and checked against
 eager by :class:`fusionlab.executors.InductorGroupExecutor` (Inductor's C++ backend, the
-group alone; the checks of all of a graph's candidates run first in one compile, which
-builds every group's C++ code once), then the compiled group and the same ops run unfused (the eager subgraph: one
-ATen call per op) are timed in interleaved rounds, and :func:`fusionlab.verdict.compare`
+group alone; the checks of all of a graph's candidates run first in one compile, then every
+group is compiled alone before any is timed, so the C++ functions the checks did not build
+are built together, as one library: ``executors.builds``), then the compiled group and the
+same ops run unfused (the eager subgraph: one ATen call per op) are timed in interleaved rounds, and :func:`fusionlab.verdict.compare`
 says whether the fused version is faster, slower or not measurably different (a bootstrap
 interval of the ratio of medians beyond ±3 %). A group that fails its check is reported
 with the reason and not timed. Modeled bytes saved stand beside the measured figures, labeled.
