@@ -58,7 +58,9 @@ def check_key(sub: torch.fx.GraphModule, metas: list[tuple], seed: int, trials: 
     Inductor's config, CPU capability, threads) and the fusionlab code that checks it."""
     from torch._inductor import config as iconfig
 
-    config = sorted((k, repr(v)) for k, v in iconfig.save_config_portable().items())
+    # Inductor's own hash of its config (kept until the config changes: a key per group is cheap)
+    config = iconfig.get_hash().hex() if hasattr(iconfig, "get_hash") else sorted(
+        (k, repr(v)) for k, v in iconfig.save_config_portable().items())
     return cache.make_key("group-check", executor, sub.code, [repr(m[1:]) for m in metas], seed, trials,
                           torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
                           config, _code_version())
