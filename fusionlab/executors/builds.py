@@ -19,6 +19,9 @@ ISA and precompiled header; only the packaging differs. A library that fails to 
 expected) is built again the way Inductor does it, one function at a time, so a bad batch can
 cost time but never correctness. ``FUSIONLAB_BATCH_BUILDS=0`` turns batching off (Inductor's
 own one library per function), for comparison.
+
+Beside it, :func:`prefetch_cache_keys`: the source hashes a process's first compile waits for,
+started in torch's background thread as soon as an executor is made.
 """
 
 from __future__ import annotations
@@ -40,6 +43,20 @@ _ENTRY = "kernel"  # the C++ function every source defines (CppPythonBindingsCod
 _MIN_PER_LIBRARY = 4  # a second library (a second compile worker) only for at least this many functions
 _lock = threading.RLock()
 _loaded: dict[str, object] = {}  # function key -> its Python binding, this process
+
+
+def prefetch_cache_keys() -> None:
+    """Start computing, in torch's background thread, the two source hashes every process's
+    first FX graph cache lookup waits for (``torch_key``: Inductor's own sources;
+    ``triton_key``: Triton's, its 500 MB library included: about a second here), so they
+    overlap the tracing that comes before the first compile. Inductor's own hook
+    (``prefetchable_cache.prefetch``); a torch without it computes them when first needed."""
+    from torch._inductor import codecache
+
+    for key in (getattr(codecache, "torch_key", None), getattr(codecache, "triton_key", None)):
+        prefetch = getattr(key, "prefetch", None)
+        if prefetch is not None:
+            prefetch()
 
 
 def forget() -> None:

@@ -21,8 +21,9 @@ from ..check import (
 )
 from ..kernels.kernel import KernelStatus, extract_subgraph
 from . import builds, checks
+from .builds import prefetch_cache_keys
 from .checks import check_groups, check_key, new_result, store_check, stored_check, structure
-from .policy import compile_with_policy, policy_for, prefetch_cache_keys
+from .policy import compile_with_policy, policy_for
 
 # kernel calls in Inductor's generated ``call`` function
 _CALL_LINE = re.compile(

@@ -75,20 +75,6 @@ def _code_version() -> str:
     return h.hexdigest()
 
 
-def prefetch_cache_keys() -> None:
-    """Start computing, in torch's background thread, the two source hashes every process's
-    first FX graph cache lookup waits for (``torch_key``: Inductor's own sources;
-    ``triton_key``: Triton's, its 500 MB library included: about a second here), so they
-    overlap the tracing that comes before the first compile. Inductor's own hook
-    (``prefetchable_cache.prefetch``); a torch without it computes them when first needed."""
-    from torch._inductor import codecache
-
-    for key in (getattr(codecache, "torch_key", None), getattr(codecache, "triton_key", None)):
-        prefetch = getattr(key, "prefetch", None)
-        if prefetch is not None:
-            prefetch()
-
-
 @functools.lru_cache(maxsize=1)
 def _scheduler_pass_base():
     """Inductor's base class for a scheduler pass with a ``uuid()`` (which its FX graph cache key
