@@ -85,12 +85,16 @@ def child_fusionlab(name: str, toggles: bool, threads: int) -> dict:
     plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
     capture_s = time.perf_counter() - start
 
+    from fusionlab.executors import builds
+
     def first_step(plan) -> dict:
         ex = InductorGraphExecutor()
+        before = builds.counts()
         start = time.perf_counter()
         fused = plan.compile(copy.deepcopy(zm.model), executor=ex)
         fused(*zm.inputs).backward()
-        return {"s": time.perf_counter() - start,
+        after = builds.counts()
+        return {"s": time.perf_counter() - start, "cpp": {k: after[k] - before[k] for k in after},
                 "graphs": [(g.kind, g.cached) for g in ex.graphs],
                 "checked": len(ex.statuses) - len(ex.reused_checks), "reused": len(ex.reused_checks),
                 "fallbacks": len(fused.report.fallbacks)}
@@ -134,7 +138,10 @@ def fmt(r: dict) -> str:
         return f"{r['s']:.2f} s"
     hits = ",".join(f"{k[:2]}{'+' if c else '-'}" for k, c in r["graphs"])
     fb = f", {r['fallbacks']} fallback" if r.get("fallbacks") else ""
-    return f"{r['s']:.2f} s [{hits}; checked {r['checked']}, reused {r['reused']}{fb}]"
+    cpp = r.get("cpp")
+    built = (f"; C++ functions: {cpp['built']} built in {cpp['libraries']} "
+             f"librar{'y' if cpp['libraries'] == 1 else 'ies'}, {cpp['found']} found built") if cpp else ""
+    return f"{r['s']:.2f} s [{hits}; checked {r['checked']}, reused {r['reused']}{fb}{built}]"
 
 
 def spread(xs: list[float]) -> str:
@@ -170,7 +177,8 @@ def main() -> None:
         return
     print(f"first measured step, seconds, measured on this CPU ({args.threads} thread(s), Inductor C++), "
           f"select-all plan, InductorGraphExecutor; {args.reps} rep(s), fresh caches each")
-    print("[fusionlab graphs +: served from cache, -: compiled; group checks run / reused]")
+    print("[fusionlab graphs +: served from cache, -: compiled; group checks run / reused; C++ functions "
+          "built, and found built by an earlier compile (fusionlab.executors.builds)]")
     summary = []
     for name in args.models:
         reps = []

@@ -63,7 +63,10 @@ def _libraries() -> set[str]:
 
 
 def test_a_compiles_functions_are_built_as_one_library():
+    before = builds.counts()
     b = _bundle_equals_eager([_a, _b, _c])
+    after = builds.counts()
+    assert (after["built"] - before["built"], after["libraries"] - before["libraries"]) == (3, 1)
     functions = {k.function for k in b.loops}
     assert len(functions) == 3, b.loops  # one C++ function per group
     where = _index()
@@ -78,7 +81,9 @@ def test_a_function_built_before_is_loaded_not_built_again():
     before_index, before_libs = _index(), _libraries()
     builds.forget()  # as a new process: nothing loaded, the disk kept
     torch._inductor.codecache.CppPythonBindingsCodeCache.cache.clear()
+    before = builds.counts()
     _bundle_equals_eager([_b, _c, _d])  # a different graph: a miss in the FX graph cache
+    assert builds.counts()["found"] - before["found"] == 2 and builds.counts()["built"] - before["built"] == 1
     after = _index()
     assert set(before_index) < set(after) and len(after) == 4
     new = [after[k] for k in set(after) - set(before_index)]

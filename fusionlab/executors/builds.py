@@ -43,6 +43,14 @@ _ENTRY = "kernel"  # the C++ function every source defines (CppPythonBindingsCod
 _MIN_PER_LIBRARY = 4  # a second library (a second compile worker) only for at least this many functions
 _lock = threading.RLock()
 _loaded: dict[str, object] = {}  # function key -> its Python binding, this process
+_counts = {"built": 0, "libraries": 0, "found": 0}  # this process: functions built, libraries, found built
+
+
+def counts() -> dict[str, int]:
+    """This process so far: C++ functions built, the libraries they were built in, and the
+    functions a compile asked for that were found built (in a library of an earlier compile)."""
+    with _lock:
+        return dict(_counts)
 
 
 def prefetch_cache_keys() -> None:
@@ -189,6 +197,8 @@ class _Batch:
                      "building each on its own")
             out.update(_one_by_one(todo))
             return out
+        _counts["built"] += len(todo)
+        _counts["libraries"] += len(libs)
         for chunk, lib in zip(chunks, libs):
             for i, (k, _, _) in enumerate(chunk):
                 out[k] = _loaded[k] = getattr(lib, f"{_ENTRY}_{i}")
@@ -209,6 +219,8 @@ def _one_by_one(functions) -> dict[str, object]:
         except Exception as e:  # noqa: BLE001 - Inductor's build error, kept for the caller
             out[k] = e
             continue
+        _counts["built"] += 1
+        _counts["libraries"] += 1
         _remember(k, out[k].__self__, _ENTRY)
     return out
 
@@ -243,6 +255,7 @@ def _cpp_pybinding(self, argtypes, source_code: str):
     with _lock:
         fn = _from_index(key)
         if fn is not None:
+            _counts["found"] += 1
             return fn
         if _collecting is None:
             _collecting = _Batch()
