@@ -136,3 +136,10 @@ def test_a_function_that_does_not_build_fails_only_where_it_is_called():
         torch.testing.assert_close(out[0], f(*x))
     with pytest.raises(Exception, match="(?i)error|failed"):
         bad(torch.zeros(1))
+
+
+def test_a_torch_without_the_internals_builds_inductors_way(monkeypatch):
+    assert builds._missing_internals() == []  # the torch it was written for has them all
+    monkeypatch.setattr(builds, "_missing_internals", lambda: ["AsyncCompile.wait"])
+    _bundle_equals_eager([_a, _b, _c])
+    assert _index() == {}  # Inductor's builds, nothing of fusionlab's

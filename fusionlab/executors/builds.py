@@ -67,6 +67,21 @@ def prefetch_cache_keys() -> None:
             prefetch()
 
 
+def _missing_internals() -> list[str]:
+    """The Inductor internals batching reads that this torch lacks (none on the torch it was written for)."""
+    from torch._inductor.async_compile import AsyncCompile
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as C
+
+    template = getattr(C, "suffix_template", "")
+    needed = [(AsyncCompile, "cpp_pybinding"), (AsyncCompile, "wait"), (C, "load_async"), (C, "load_pybinding"),
+              (C, "_load_library")]
+    missing = [f"{owner.__name__}.{name}" for owner, name in needed if not hasattr(owner, name)]
+    for marker in ("static PyObject* {entry_func}_py", "static PyMethodDef py_methods[]", "PyInit_{entry_func}"):
+        if marker not in template:
+            missing.append(f"CppPythonBindingsCodeCache.suffix_template ({marker!r})")
+    return missing
+
+
 def forget() -> None:
     """Forget the bindings loaded in this process (the libraries and their index stay on disk)."""
     _loaded.clear()
@@ -280,6 +295,14 @@ def batched_builds():
         return wait(self, scope)
 
     if os.environ.get("FUSIONLAB_BATCH_BUILDS", "1") == "0":  # Inductor's way: one library per function
+        yield
+        return
+    missing = _missing_internals()
+    if missing:  # another torch: Inductor builds its own way, and fusionlab says why once
+        from .._env import debug
+
+        debug(1, f"C++ functions built one library each (Inductor's way): torch {torch.__version__} lacks "
+                 f"{', '.join(missing)}")
         yield
         return
     # the batch outlives the compile: the next compile adds to it until a function is called
