@@ -53,8 +53,8 @@ the same block in the next layer) are checked once, and the result kept for each
 Builds. Inductor builds each C++ function of a compile as a shared library of its own, one
 ``g++`` run per function, most of it spent on the headers every function includes. Under the
 executors' compiles (:mod:`.builds`) the functions a compiled module asks for are built
-together, as one library (two side by side where Inductor has two compile workers), when
-the module is loaded; each function stays findable by its own source, so a function built
+together, as one library (two side by side where Inductor has two compile workers), on the
+first call of any of them (compiles that run nothing in between share one build); each function stays findable by its own source, so a function built
 once (a group checked in its bundle, then run in the whole graph; a toggle) is loaded from
 the library that holds it, in this process or a later one, and never built again. The code
 and flags are Inductor's; only the packaging differs. ``FUSIONLAB_BATCH_BUILDS=0`` turns it

@@ -37,8 +37,11 @@ import threading
 
 import torch
 
-_PREFIX_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
-_PROFILE_INCLUDE = "#include <torch/csrc/inductor/aoti_runtime/utils.h>"
+PREFIX_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"  # first in every CPU function (precompiled)
+PROFILE_INCLUDE = "#include <torch/csrc/inductor/aoti_runtime/utils.h>"  # with cpp.enable_kernel_profile
+# where Inductor's binding template (CppPythonBindingsCodeCache.suffix_template) is cut
+_ENTRY_MARK = "static PyObject* {entry_func}_py"
+_METHODS_MARK = "static PyMethodDef py_methods[]"
 _ENTRY = "kernel"  # the C++ function every source defines (CppPythonBindingsCodeCache.entry_function)
 _MIN_PER_LIBRARY = 4  # a second library (a second compile worker) only for at least this many functions
 _lock = threading.RLock()
@@ -76,7 +79,7 @@ def _missing_internals() -> list[str]:
     needed = [(AsyncCompile, "cpp_pybinding"), (AsyncCompile, "wait"), (C, "load_async"), (C, "load_pybinding"),
               (C, "_load_library")]
     missing = [f"{owner.__name__}.{name}" for owner, name in needed if not hasattr(owner, name)]
-    for marker in ("static PyObject* {entry_func}_py", "static PyMethodDef py_methods[]", "PyInit_{entry_func}"):
+    for marker in (_ENTRY_MARK, _METHODS_MARK, "PyInit_{entry_func}"):
         if marker not in template:
             missing.append(f"CppPythonBindingsCodeCache.suffix_template ({marker!r})")
     return missing
@@ -140,8 +143,7 @@ def _bindings(argtypes_of: list) -> str:
     from torch._inductor.codecache import CppPythonBindingsCodeCache as C
 
     template = C.suffix_template
-    head_end, tail_start = template.index("static PyObject* {entry_func}_py"), template.index(
-        "static PyMethodDef py_methods[]")
+    head_end, tail_start = template.index(_ENTRY_MARK), template.index(_METHODS_MARK)
     head = template[:head_end].format(entry_func=_ENTRY, extra_parse_arg="")
     entry = template[head_end:tail_start]
     parts = [head]
@@ -158,7 +160,7 @@ def _bindings(argtypes_of: list) -> str:
 
 def library_source(functions: list[tuple[list, str]]) -> str:
     """One C++ file holding every function (its ``kernel`` renamed ``kernel_<i>``) and its binding."""
-    includes = [_PREFIX_INCLUDE] + ([_PROFILE_INCLUDE] if any(_PROFILE_INCLUDE in s for _, s in functions) else [])
+    includes = [PREFIX_INCLUDE] + ([PROFILE_INCLUDE] if any(PROFILE_INCLUDE in s for _, s in functions) else [])
     body = []
     for i, (_, source) in enumerate(functions):
         body.append(f"#define {_ENTRY} {_ENTRY}_{i}\n{source}\n#undef {_ENTRY}")
@@ -193,8 +195,9 @@ class _Batch:
         global _collecting
         if _collecting is self:
             _collecting = None  # later requests start a new batch
-        todo = [(k, a, s) for k, a, s in self.functions if _from_index(k) is None]
-        out = {k: _from_index(k) for k, _, _ in self.functions if k not in {t[0] for t in todo}}
+        found = {k: _from_index(k) for k, _, _ in self.functions}  # built since it was collected
+        todo = [(k, a, s) for k, a, s in self.functions if found[k] is None]
+        out = {k: fn for k, fn in found.items() if fn is not None}
         if len(todo) == 1:  # nothing to share: Inductor's own library for it
             out.update(_one_by_one(todo))
             return out

@@ -21,7 +21,6 @@ from ..check import (
 )
 from ..kernels.kernel import KernelStatus, extract_subgraph
 from . import builds, checks
-from .builds import prefetch_cache_keys
 from .checks import check_groups, check_key, new_result, store_check, stored_check, structure
 from .policy import compile_with_policy, policy_for
 
@@ -229,7 +228,7 @@ class InductorGroupExecutor:
         self.statuses: list[KernelStatus] = []
         self.reused_checks: list[str] = []  # candidate ids whose check result was known
         self.bundled: dict[str, float] = {}  # candidate id -> seconds: checked in a bundle by prepare()
-        prefetch_cache_keys()  # a compile follows: its cache keys' source hashes start now, aside
+        builds.prefetch_cache_keys()  # a compile follows: its cache keys' source hashes start now, aside
 
     def __repr__(self) -> str:
         return f"<InductorGroupExecutor: {len(self.groups)} groups compiled>"

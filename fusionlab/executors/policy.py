@@ -40,7 +40,7 @@ import torch.fx
 
 from .. import cache
 from ..fxgraph import copy_graph
-from .builds import batched_builds
+from .builds import PREFIX_INCLUDE, PROFILE_INCLUDE, batched_builds
 
 
 @dataclass
@@ -200,8 +200,6 @@ def policy_for(gm: torch.fx.GraphModule, group_of: dict[str, str], *, as_eager=(
     return Policy(dict(group_of), compute, must_store, aten, kernel_profile)
 
 
-_PROFILE_INCLUDE = "#include <torch/csrc/inductor/aoti_runtime/utils.h>"
-_PREFIX_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
 
 
 def _stable_name(body: str, nodes, compute: set[str]) -> str:
@@ -272,8 +270,8 @@ def _compile_once(gm, example_inputs, policy: Policy, pass_, cache_on=True, stor
     def define(self, src_code, nodes, kernel_args=None):
         # the profiling header after the common prefix, which Inductor precompiles: a
         # precompiled header only serves a file that includes it first
-        src_code = src_code.replace(_PROFILE_INCLUDE + "\n" + _PREFIX_INCLUDE + "\n",
-                                    _PREFIX_INCLUDE + "\n" + _PROFILE_INCLUDE + "\n", 1)
+        src_code = src_code.replace(PROFILE_INCLUDE + "\n" + PREFIX_INCLUDE + "\n",
+                                    PREFIX_INCLUDE + "\n" + PROFILE_INCLUDE + "\n", 1)
         if record.search(src_code):
             name = _stable_name(record.sub("", src_code), nodes, compute)
             src_code = record.sub(name, src_code)
