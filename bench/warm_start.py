@@ -16,8 +16,15 @@ apart from fusionlab's, so neither warms the other):
   warm       the same plan again in a new process: Inductor's cache serves the graphs (the
              fusion policy is in its key), fusionlab's the verified loop listings and the
              group checks
-  toggle fw  in that process, the plan with one forward candidate deselected
-  toggle bw  then also one backward candidate deselected
+  toggle fw  in that process, the plan with one forward candidate deselected: the same step
+             re-planned (``FusedStep.replan``: Dynamo's and AOTAutograd's traces kept; only the
+             pieces of the graph holding the changed group are lowered again), then its first
+             forward and backward
+  toggle bw  then also one backward candidate deselected, the same way
+  reselect   then both selected again (the warm plan: every piece is served from a cache)
+
+``--sweep N`` then toggles each of the first N selected candidates alone (deselect, timed;
+reselect, untimed) and prints each time, their median and max.
 
 Every process imports fusionlab, torch and Inductor (``torch._inductor.compile_fx``) and sets
 ``--threads`` before its clock starts: the one-off imports are outside every timing, for both
@@ -47,7 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 3.0  # warm and each toggle: the issue's goal, seconds
-COLUMNS = ("torch.compile", "capture", "cold", "warm", "toggle fw", "toggle bw")
+COLUMNS = ("torch.compile", "capture", "cold", "warm", "toggle fw", "toggle bw", "reselect")
 
 
 def _imports(threads: int):
@@ -74,7 +81,7 @@ def child_torch_compile(name: str, threads: int) -> dict:
     return {"first": {"s": time.perf_counter() - start}}
 
 
-def child_fusionlab(name: str, toggles: bool, threads: int) -> dict:
+def child_fusionlab(name: str, toggles: bool, threads: int, sweep: int = 0) -> dict:
     fusionlab, _ = _imports(threads)
     from fusionlab import zoo
     from fusionlab.executors import InductorGraphExecutor
@@ -87,29 +94,41 @@ def child_fusionlab(name: str, toggles: bool, threads: int) -> dict:
 
     from fusionlab.executors import builds
 
-    def first_step(plan) -> dict:
-        ex = InductorGraphExecutor()
-        before = builds.counts()
-        start = time.perf_counter()
-        fused = plan.compile(copy.deepcopy(zm.model), executor=ex)
-        fused(*zm.inputs).backward()
+    def result(ex, fused, start, before) -> dict:
         after = builds.counts()
         return {"s": time.perf_counter() - start, "cpp": {k: after[k] - before[k] for k in after},
-                "graphs": [(g.kind, g.cached) for g in ex.graphs],
+                "graphs": [(g.kind, g.cached, [p.cached for p in g.parts]) for g in ex.graphs],
                 "checked": len(ex.statuses) - len(ex.reused_checks), "reused": len(ex.reused_checks),
                 "fallbacks": len(fused.report.fallbacks)}
 
-    out = {"capture": {"s": capture_s}, "first": first_step(plan)}
+    ex = InductorGraphExecutor()
+    before, start = builds.counts(), time.perf_counter()
+    fused = plan.compile(copy.deepcopy(zm.model), executor=ex)
+    fused(*zm.inputs).backward()
+    out = {"capture": {"s": capture_s}, "first": result(ex, fused, start, before)}
+
+    def toggle(change) -> dict:  # the re-planned step (no new trace), then its first forward and backward
+        before, start = builds.counts(), time.perf_counter()
+        fused.replan(change())
+        fused.model.zero_grad(set_to_none=True)
+        fused(*zm.inputs).backward()
+        return result(ex, fused, start, before)
+
     if toggles:
         fw = next(c.id for c in plan.selected if c.graph.startswith("fw"))
         bw = next(c.id for c in plan.selected if c.graph.startswith("bw"))
-        out["toggle fw"] = first_step(plan.deselect(fw))
-        out["toggle bw"] = first_step(plan.deselect(bw))
+        out["toggle fw"] = toggle(lambda: plan.deselect(fw))
+        out["toggle bw"] = toggle(lambda: plan.deselect(bw))
+        out["reselect"] = toggle(lambda: plan.select(fw, bw))
+        for i, c in enumerate([c for c in plan.selected][:sweep]):
+            out[f"sweep {i}"] = {**toggle(lambda c=c: plan.deselect(c.id)), "id": c.id}
+            toggle(lambda c=c: plan.select(c.id))
     return out
 
 
-def run(name: str, kind: str, env: dict, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--models", name, "--threads", str(threads)]
+def run(name: str, kind: str, env: dict, threads: int, sweep: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--models", name, "--threads", str(threads),
+           "--sweep", str(sweep)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     if res.returncode or not line:
@@ -117,7 +136,7 @@ def run(name: str, kind: str, env: dict, threads: int) -> dict:
     return json.loads(line[-1][len("RESULT "):])
 
 
-def one_rep(name: str, threads: int, torch_compile_first: bool) -> dict:
+def one_rep(name: str, threads: int, torch_compile_first: bool, sweep: int = 0) -> dict:
     """Every column once, each side with caches of its own in a new temporary directory."""
     with tempfile.TemporaryDirectory(prefix="fusionlab-bench-") as d:
         def env(side: str) -> dict:
@@ -126,17 +145,17 @@ def one_rep(name: str, threads: int, torch_compile_first: bool) -> dict:
 
         tc = run(name, "torch-compile", env("torch.compile"), threads) if torch_compile_first else None
         cold = run(name, "cold", env("fusionlab"), threads)
-        warm = run(name, "warm", env("fusionlab"), threads)
+        warm = run(name, "warm", env("fusionlab"), threads, sweep)
         if tc is None:
             tc = run(name, "torch-compile", env("torch.compile"), threads)
     return {"torch.compile": tc["first"], "capture": cold["capture"], "cold": cold["first"],
-            "warm": warm["first"], "toggle fw": warm["toggle fw"], "toggle bw": warm["toggle bw"]}
+            "warm": warm["first"], **{k: v for k, v in warm.items() if k.startswith(("toggle", "reselect", "sweep"))}}
 
 
 def fmt(r: dict) -> str:
     if "graphs" not in r:
         return f"{r['s']:.2f} s"
-    hits = ",".join(f"{k[:2]}{'+' if c else '-'}" for k, c in r["graphs"])
+    hits = ",".join(f"{k[:2]}{''.join('+' if c else '-' for c in parts)}" for k, _, parts in r["graphs"])
     fb = f", {r['fallbacks']} fallback" if r.get("fallbacks") else ""
     cpp = r.get("cpp")
     built = (f"; C++ functions: {cpp['built']} built in {cpp['libraries']} "
@@ -155,7 +174,7 @@ def goals(med: dict) -> list[str]:
     tc, cold = med["torch.compile"], med["cold"]
     lines = [f"cold {cold:.2f} s <= torch.compile's first step {tc:.2f} s: {mark(cold <= tc)} "
              f"(cold / torch.compile = {cold / tc:.2f}x)"]
-    for col in ("warm", "toggle fw", "toggle bw"):
+    for col in ("warm", "toggle fw", "toggle bw", "reselect"):
         lines.append(f"{col} {med[col]:.2f} s <= {GOAL_S:g} s: {mark(med[col] <= GOAL_S)}")
     return lines
 
@@ -165,6 +184,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["gpt2-block", "gpt2-tiny", "llama-block"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=1, help="runs of every column, fresh caches each (default 1)")
+    p.add_argument("--sweep", type=int, default=0,
+                   help="also toggle each of the first N selected candidates alone (deselect, reselect)")
     p.add_argument("--child", choices=("torch-compile", "cold", "warm"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.reps < 1:
@@ -172,7 +193,7 @@ def main() -> None:
     if args.child:
         name = args.models[0]
         out = (child_torch_compile(name, args.threads) if args.child == "torch-compile"
-               else child_fusionlab(name, args.child == "warm", args.threads))
+               else child_fusionlab(name, args.child == "warm", args.threads, args.sweep))
         print("RESULT " + json.dumps(out))
         return
     print(f"first measured step, seconds, measured on this CPU ({args.threads} thread(s), Inductor C++), "
@@ -183,11 +204,18 @@ def main() -> None:
     for name in args.models:
         reps = []
         for i in range(args.reps):
-            r = one_rep(name, args.threads, torch_compile_first=i % 2 == 0)
+            r = one_rep(name, args.threads, torch_compile_first=i % 2 == 0, sweep=args.sweep)
             reps.append(r)
             print(f"{name} rep {i + 1}:", flush=True)
             for col in COLUMNS:
                 print(f"  {col:<14} {fmt(r[col])}", flush=True)
+            sweep = [r[k] for k in r if k.startswith("sweep")]
+            for t in sweep:
+                print(f"  toggle {t['id']:<24} {fmt(t)}", flush=True)
+            if sweep:
+                xs = [t["s"] for t in sweep]
+                print(f"  {len(xs)} toggles: median {statistics.median(xs):.2f} s, max {max(xs):.2f} s, "
+                      f"{sum(x <= GOAL_S for x in xs)} of {len(xs)} <= {GOAL_S:g} s", flush=True)
         med = {col: statistics.median(r[col]["s"] for r in reps) for col in COLUMNS}
         if args.reps > 1:
             print(f"{name}: median (min-max) of {args.reps} reps")
@@ -200,11 +228,11 @@ def main() -> None:
     print(f"\nside by side, seconds{' (medians)' if args.reps > 1 else ''}, measured; goals: cold <= torch.compile, "
           f"warm and each toggle <= {GOAL_S:g} s")
     print(f"{'model':<12} {'torch.compile':>13} {'cold':>8} {'cold/tc':>8} {'warm':>7} {'toggle fw':>10} "
-          f"{'toggle bw':>10}  goals met")
+          f"{'toggle bw':>10} {'reselect':>9}  goals met")
     for name, med in summary:
         met = sum(("NOT met" not in line) for line in goals(med))
         print(f"{name:<12} {med['torch.compile']:>13.2f} {med['cold']:>8.2f} {med['cold'] / med['torch.compile']:>7.2f}x "
-              f"{med['warm']:>7.2f} {med['toggle fw']:>10.2f} {med['toggle bw']:>10.2f}  {met} of 4")
+              f"{med['warm']:>7.2f} {med['toggle fw']:>10.2f} {med['toggle bw']:>10.2f} {med['reselect']:>9.2f}  {met} of 5")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,49 @@ def rewrite(gm: torch.fx.GraphModule, chosen: list[tuple[Candidate, object]]) ->
     return out
 
 
+def _selected_by_graph(plan) -> dict[str, set]:
+    """Captured graph tag -> the keys (:func:`candidate_key`) of the plan's selected candidates in it."""
+    out: dict[str, set] = {}
+    for g in plan.capture.graphs:
+        sel = {c.id for c in plan.selected if c.graph == g.tag}
+        mine = [c for c in plan.candidates if c.graph == g.tag]
+        out[g.tag] = {k for k, c in _keyed(mine).items() if c.id in sel}
+    return out
+
+
+class _Slot:
+    """One graph AOTAutograd compiled through the backend: what runs it now, and how it came to be.
+
+    AOTAutograd keeps the slot (a boxed callable); :func:`make_backend`'s ``replan`` swaps what
+    it runs, so a new plan needs no new trace of the step."""
+
+    def __init__(self, kind: str, gm, example, ref: CapturedGraph):
+        self.kind, self.gm, self.example, self.ref = kind, gm, example, ref
+        self._boxed_call = True  # on the instance: wrappers (torch._dynamo.disable) copy its __dict__
+        self.wanted: frozenset | None = None  # the selected candidates it was compiled with
+        self.fn = None
+        self.statuses: list[KernelStatus] = []
+        self.fallbacks: list[str] = []
+        self.loops: dict[str, list[str]] = {}
+        self.compiled = None  # the executor's record of the graph's compile (CompiledGraph), if any
+
+    def __call__(self, args):
+        return self.fn(args)
+
+
+def _tracing(example):
+    """A tracing context for compiling a graph again outside Dynamo's (Inductor's FX graph cache
+    needs one: the fake mode of AOTAutograd's example inputs, and its shape env)."""
+    import contextlib
+
+    from torch._guards import TracingContext, detect_fake_mode, tracing
+
+    if TracingContext.try_get() is not None:
+        return contextlib.nullcontext()
+    mode = detect_fake_mode(example)
+    return tracing(TracingContext(mode)) if mode is not None else contextlib.nullcontext()
+
+
 def make_backend(plan, *, validate: bool = True, seed: int | None = None, executor=None, **codegen):
     """A torch.compile backend that runs the plan's selected candidates as fusionlab kernels.
 
@@ -131,17 +174,19 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
     build for each group (the profiler uses one that compiles each group alone with
     Inductor's CPU backend); the callable takes the group's inputs and returns a tuple of
     its outputs. An executor that also has ``compile_graph(kind, gm, example_inputs,
-    groups, refused=...)`` compiles each graph whole once its groups passed their checks (see
+    groups, refused=..., candidates=...)`` compiles each graph whole once its groups passed their checks (see
     :class:`fusionlab.executors.InductorGraphExecutor`); if that raises, the graph is
     rewritten with the per-group callables instead and ``report.fallbacks`` says why.
+
+    ``backend.replan(new_plan)`` (what :meth:`FusedStep.replan` calls) switches every graph
+    compiled so far to `new_plan`'s selection (of the same capture): a graph whose selected
+    groups did not change keeps its code, the others are built and checked again; Dynamo's
+    and AOTAutograd's traces are kept.
     """
     report = BackendReport()
     report.executor = "triton" if executor is None else getattr(executor, "name", "custom")
-    selected_by_graph: dict[str, dict] = {}
-    for g in plan.capture.graphs:
-        sel = {c.id for c in plan.selected if c.graph == g.tag}
-        mine = [c for c in plan.candidates if c.graph == g.tag]
-        selected_by_graph[g.tag] = {k for k, c in _keyed(mine).items() if c.id in sel}
+    state = {"plan": plan, "selected": _selected_by_graph(plan)}
+    slots: list[_Slot] = []
     compiled_counts = {"forward": 0, "backward": 0, "inference": 0}
 
     def find_reference(kind: str, gm) -> CapturedGraph | None:
@@ -160,19 +205,49 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
                 return g
         return None
 
-    def on_graph(kind: str, gm: torch.fx.GraphModule, _example):
+    def on_graph(kind: str, gm: torch.fx.GraphModule, example):
         ref = find_reference(kind, gm)
         if ref is None:
             report.unmatched.append(f"a {kind} graph that was not captured by this plan runs unfused")
             return None
-        wanted = selected_by_graph.get(ref.tag, set())
+        slot = _Slot(kind, gm, example, ref)
+        fill(slot)
+        slots.append(slot)
+        return slot
+
+    def fill(slot: _Slot) -> None:
+        """Compile `slot`'s graph under the current plan; its results go to the report."""
+        from functorch.compile import make_boxed_func
+
+        wanted = frozenset(state["selected"].get(slot.ref.tag, set()))
+        if wanted != slot.wanted:
+            graphs = getattr(executor, "graphs", None)
+            before = len(graphs) if graphs is not None else 0
+            mark = (len(report.kernels), len(report.fallbacks))
+            fn = compile_one(slot.kind, slot.gm, slot.example, slot.ref, wanted)
+            slot.fn = fn if getattr(fn, "_boxed_call", False) else make_boxed_func(fn or slot.gm.forward)
+            slot.statuses, slot.fallbacks = report.kernels[mark[0]:], report.fallbacks[mark[1]:]
+            slot.loops = {cid: report.loops[cid] for cid in report.loops if cid in {k.candidate for k in slot.statuses}}
+            slot.compiled = graphs[-1] if graphs is not None and len(graphs) > before else None
+            slot.wanted = wanted
+        else:  # unchanged: the same code, the same report lines
+            report.kernels += slot.statuses
+            report.fallbacks += slot.fallbacks
+            report.loops.update(slot.loops)
+            if slot.compiled is not None:
+                executor.graphs.append(slot.compiled)
+        report.graphs.append(slot.ref.tag)
+
+    def compile_one(kind, gm, example, ref, wanted):
         whole = hasattr(executor, "compile_graph") and getattr(executor, "compile_unselected", False)
-        if not wanted:
-            report.graphs.append(ref.tag)
-            # a whole-graph executor runs every graph its way, so "nothing fused" compares alike
-            return _compile_whole(executor, kind, gm, _example, [], [], ref.tag, report) if whole else None
+        if not wanted and not whole:
+            return None
+        # every candidate, selected or not: where a whole-graph executor may cut the graph
         graph = CapturedGraph(index=ref.index, kind=kind, gm=gm, nodes=node_facts(gm))
-        cands, _ = graph_candidates(graph, rules=tuple(getattr(plan, "rules", ())))
+        cands, _ = graph_candidates(graph, rules=tuple(getattr(state["plan"], "rules", ())))
+        if not wanted:
+            # a whole-graph executor runs every graph its way, so "nothing fused" compares alike
+            return _compile_whole(executor, kind, gm, example, [], [], ref.tag, report, cands)
         keyed = _keyed(cands)
         chosen, refused = [], []
         if executor is not None and hasattr(executor, "prepare"):  # all the graph's checks in one compile
@@ -192,11 +267,10 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
                 chosen.append((cand, kernel))
             else:
                 refused.append(cand)
-        report.graphs.append(ref.tag)
         if not chosen:
-            return _compile_whole(executor, kind, gm, _example, [], refused, ref.tag, report) if whole else None
+            return _compile_whole(executor, kind, gm, example, [], refused, ref.tag, report, cands) if whole else None
         if hasattr(executor, "compile_graph"):
-            fn = _compile_whole(executor, kind, gm, _example, [c for c, _ in chosen], refused, ref.tag, report)
+            fn = _compile_whole(executor, kind, gm, example, [c for c, _ in chosen], refused, ref.tag, report, cands)
             if fn is not None:
                 return fn
         try:
@@ -209,15 +283,30 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
                     st.reason = f"graph rewrite failed: {e}"
             return None
 
+    def replan(new_plan) -> None:
+        if new_plan.capture is not plan.capture:
+            raise ValueError("replan: the new plan must come from the same capture as the step's "
+                             "(plan.select/deselect of it); for another capture, plan.compile(model) anew")
+        if tuple(map(str, getattr(new_plan, "rules", ()))) != tuple(map(str, getattr(state["plan"], "rules", ()))):
+            raise ValueError("replan: the new plan has other rules, so other candidates; plan.compile(model) anew")
+        state["plan"], state["selected"] = new_plan, _selected_by_graph(new_plan)
+        report.kernels, report.fallbacks, report.loops, report.graphs = [], [], {}, []
+        if getattr(executor, "graphs", None) is not None:
+            executor.graphs.clear()
+        for slot in slots:
+            with _tracing(slot.example):
+                fill(slot)
+
     backend = aten_backend(on_graph)
     backend.report = report
+    backend.replan = replan
     return backend
 
 
-def _compile_whole(executor, kind, gm, example, chosen, refused, tag, report):
+def _compile_whole(executor, kind, gm, example, chosen, refused, tag, report, candidates):
     """``executor.compile_graph``, or None (and a line in ``report.fallbacks``) when it fails."""
     try:
-        fn = executor.compile_graph(kind, gm, example, chosen, refused=refused)
+        fn = executor.compile_graph(kind, gm, example, chosen, refused=refused, candidates=candidates)
         graphs = getattr(executor, "graphs", None)
         if graphs:
             for cid in graphs[-1].groups:
@@ -242,9 +331,20 @@ class FusedStep(torch.nn.Module):
         super().__init__()
         self.model = model
         self.step = TrainStep(model, plan.capture.meta.get("loss_fn"), plan.capture.train)
+        self.plan = plan
         self.backend = make_backend(plan, **options)
         self.report: BackendReport = self.backend.report
         self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
+
+    def replan(self, plan) -> FusedStep:
+        """Switch to `plan` (the same capture, another selection) without tracing the step again.
+
+        Every graph compiled so far is kept where its selected groups did not change; the others
+        are built and checked again (a whole-graph executor lowers only the pieces of the graph
+        that hold a changed group). ``self.report`` then describes `plan`. Returns self."""
+        self.backend.replan(plan)
+        self.plan = plan
+        return self
 
     def forward(self, *inputs):
         try:

@@ -283,7 +283,7 @@ def test_graph_executor_fuses_only_inside_the_selected_groups(block):
 
 
 def test_graph_executor_falls_back_to_per_group_calls(block, plan, monkeypatch):
-    def broken(self, kind, gm, example_inputs, groups, refused=()):
+    def broken(self, kind, gm, example_inputs, groups, refused=(), candidates=None):
         raise FusionPolicyError("test: a loop nest crossed a group boundary")
 
     monkeypatch.setattr(InductorGraphExecutor, "compile_graph", broken)

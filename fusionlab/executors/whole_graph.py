@@ -4,17 +4,30 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx
 
 from ..candidates import Candidate
 from ..fxgraph import copy_graph
+from . import pieces
 from .groups import InductorGroupExecutor, count_generated_kernels
 from .policy import GRAPHS, FusionPolicyError, KernelOrigin, compile_with_policy, policy_for
 
+COMPUTE = ("pointwise", "reduction", "matmul", "opaque")
+
 __all__ = ["GRAPHS", "CompiledGraph", "FusionPolicyError", "InductorGraphExecutor", "KernelOrigin"]
+
+
+@dataclass
+class Part:
+    """One piece of a graph's compile (:mod:`.pieces`)."""
+
+    ops: int  # ops that compute in it
+    cached: bool  # Inductor's FX graph cache served it
+    key: str  # Inductor's key for it ("" when its cache was off)
+    kernels: int  # C++ function and library calls per run
 
 
 @dataclass
@@ -28,7 +41,8 @@ class CompiledGraph:
     seconds: float
     source: str
     cached: bool = False  # Inductor's FX graph cache served the code; the listing came from fusionlab's
-    cache_key: str = ""  # Inductor's FX graph cache key ("" when its cache was off)
+    cache_key: str = ""  # Inductor's FX graph cache key ("" when its cache was off); pieces: joined by "+"
+    parts: list[Part] = field(default_factory=list)  # the pieces it was compiled as (one: the graph whole)
 
     def functions(self) -> dict[str, list[KernelOrigin]]:
         """C++ function name (as torch.profiler records it) -> the loop nests it runs."""
@@ -73,13 +87,15 @@ class InductorGraphExecutor(InductorGroupExecutor):
     name = "inductor-cpp (groups only)"
     defer_compile = True  # a group is called only where its graph falls back
 
-    def __init__(self, *, eager_outside_groups: bool = False, compile_unselected: bool = True, **kw):
+    def __init__(self, *, eager_outside_groups: bool = False, compile_unselected: bool = True, in_pieces: bool = True,
+                 **kw):
         super().__init__(**kw)
         self.eager_outside_groups = eager_outside_groups
         # graphs with no selected group are compiled the same way (nothing fused), so a plan
         # and the empty plan differ only by the fusion decisions
         self.compile_unselected = compile_unselected
         self.graphs: list[CompiledGraph] = []
+        self.in_pieces = in_pieces  # large graphs compiled as a few pieces (see compile_graph)
 
     def __repr__(self) -> str:
         return f"<InductorGraphExecutor: {len(self.graphs)} graphs, {len(self.groups)} groups compiled>"
@@ -100,22 +116,75 @@ class InductorGraphExecutor(InductorGroupExecutor):
         return text
 
     def compile_graph(self, kind: str, gm: torch.fx.GraphModule, example_inputs, chosen: list[Candidate],
-                      refused: list[Candidate] = ()):
+                      refused: list[Candidate] = (), candidates: list[Candidate] | None = None):
         """Compile `gm` whole (AOTAutograd's fake example inputs); returns a boxed callable.
 
         `chosen`: the groups to fuse; `refused`: selected groups whose check failed: their
         ops run as ATen calls (Inductor's version of them is what disagreed with eager).
+        `candidates`: every candidate of the graph, selected or not; given, a large graph is
+        compiled as a few pieces cut where no candidate spans (:mod:`.pieces`), so a toggle
+        lowers only the piece holding the group it changed.
         """
         # a copy: Inductor's passes change the graph they compile, and the backend's fallback
         # (calling the separately compiled groups) needs `gm` as it came
         gm = torch.fx.GraphModule(gm, copy_graph(gm.graph))
-        policy = policy_for(gm, {n: c.id for c in chosen for n in c.nodes},
-                            as_eager={n for c in refused for n in c.nodes},
-                            eager_outside_groups=self.eager_outside_groups, kernel_profile=self.kernel_profile)
+        group_of = {n: c.id for c in chosen for n in c.nodes}
+        as_eager = {n for c in refused for n in c.nodes}
+        cuts = [[n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]]
+        if candidates is not None and self.in_pieces:
+            from ..ops import kind_of
+
+            compute = {n.name for n in gm.graph.nodes if kind_of(n) in COMPUTE}
+            cuts = pieces.cut(gm, [c.nodes for c in candidates], compute)
         start = time.perf_counter()
-        compiled, loops, cached, key = compile_with_policy(gm, example_inputs, policy)
+        if len(cuts) == 1:
+            policy = policy_for(gm, group_of, as_eager=as_eager, eager_outside_groups=self.eager_outside_groups,
+                                kernel_profile=self.kernel_profile)
+            compiled, loops, cached, key = compile_with_policy(gm, example_inputs, policy)
+            source = getattr(compiled, "source_code", "") or ""
+            parts = [Part(len(policy.compute), cached, key or "", count_generated_kernels(source))]
+        else:
+            compiled, loops, parts, source = self._compile_pieces(gm, example_inputs, cuts, group_of, as_eager)
         seconds = time.perf_counter() - start
-        source = getattr(compiled, "source_code", "") or ""
-        self.graphs.append(CompiledGraph(kind, tuple(c.id for c in chosen), count_generated_kernels(source),
-                                         loops, seconds, source, cached, key or ""))
+        self.graphs.append(CompiledGraph(kind, tuple(c.id for c in chosen), sum(p.kernels for p in parts),
+                                         loops, seconds, source, all(p.cached for p in parts),
+                                         "+".join(p.key for p in parts) if all(p.key for p in parts) else "",
+                                         parts))
         return compiled
+
+    def _compile_pieces(self, gm, example_inputs, cuts, group_of, as_eager):
+        """Each piece compiled under its part of the policy; (one callable, loops, parts, source)."""
+        parts_gm = pieces.split(gm, cuts)
+        given = {n.name: n.meta.get("val") for n in gm.graph.nodes}
+        given.update(zip((n.name for n in gm.graph.nodes if n.op == "placeholder"), example_inputs))
+        ctx = torch._guards.TracingContext.try_get()
+        reported = ctx.output_strides if ctx is not None else None  # AOTAutograd's list, filled below
+        strides: dict[str, object] = {}
+        fns, loops, parts, sources = [], [], [], []
+        try:
+            for p in parts_gm:
+                if reported is not None:
+                    ctx.output_strides = []
+                mine = set(p.nodes)
+                policy = policy_for(p.gm, {n: g for n, g in group_of.items() if n in mine},
+                                    as_eager=as_eager & mine, eager_outside_groups=self.eager_outside_groups,
+                                    kernel_profile=self.kernel_profile)
+                examples = [given[x] for x in p.inputs]
+                compiled, piece_loops, cached, key = compile_with_policy(p.gm, examples, policy)
+                if reported is not None:
+                    strides.update(zip(p.outputs, ctx.output_strides))
+                source = getattr(compiled, "source_code", "") or ""
+                fns.append(compiled)
+                loops += piece_loops
+                sources.append(source)
+                parts.append(Part(len(policy.compute), cached, key or "", count_generated_kernels(source)))
+        finally:
+            if reported is not None:
+                ctx.output_strides = reported
+        if reported is not None:  # the strides of the graph's outputs, as one compile would report them
+            (result,) = next(n for n in gm.graph.nodes if n.op == "output").args
+            for r in result:
+                val = r.meta.get("val") if isinstance(r, torch.fx.Node) else None
+                reported.append(strides[r.name] if isinstance(r, torch.fx.Node) and r.name in strides else
+                                tuple(val.stride()) if isinstance(val, torch.Tensor) else None)
+        return pieces.PiecewiseCall(gm, parts_gm, fns), loops, parts, "\n".join(sources)

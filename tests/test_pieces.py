@@ -1,0 +1,149 @@
+"""Graphs compiled as pieces (fusionlab.executors.pieces) and steps re-planned without a new trace
+(FusedStep.replan): the same values as eager, cuts only where no candidate spans, and a toggle
+that lowers only the piece holding the group it changed.
+
+Each test that compiles runs against empty caches of its own (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+
+import pytest
+import torch
+import torch.fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import fusionlab
+from fusionlab import zoo
+from fusionlab.capture import default_loss
+from fusionlab.executors import InductorGraphExecutor, pieces
+from fusionlab.ops import kind_of
+from fusionlab.plan import plan_for
+
+
+def _chain(x, w):
+    for _ in range(6):
+        y = torch.relu(x @ w) * 2 + 1
+        m, i = torch.max(y, dim=1, keepdim=True)  # one op, two outputs (getitems)
+        x = torch.tanh(y - m) + i.float()
+    return (x.sum(),)
+
+
+def _graph():
+    return make_fx(_chain)(torch.randn(4, 8), torch.randn(8, 8))
+
+
+def _compute(gm):
+    return {n.name for n in gm.graph.nodes if kind_of(n) in ("pointwise", "reduction", "matmul", "opaque")}
+
+
+def test_cuts_fall_only_where_no_group_spans():
+    gm = _graph()
+    names = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    groups = [names[3:11], names[20:24]]  # two made-up candidates
+    cuts = pieces.cut(gm, groups, _compute(gm), per_piece=5)
+    assert len(cuts) >= 3 and sum(cuts, []) == names  # every node once, in order
+    where = {n: i for i, piece in enumerate(cuts) for n in piece}
+    for g in groups:
+        assert len({where[n] for n in g}) == 1, g
+    for n in gm.graph.nodes:  # a multi-output op and its getitems in one piece
+        for u in n.users:
+            if u.target is operator.getitem:
+                assert where[u.name] == where[n.name]
+    # a graph small for its piece size, or one that mutates in place, stays whole
+    assert pieces.cut(gm, groups, _compute(gm), per_piece=1000) == [names]
+
+
+def test_pieces_run_as_the_whole_graph():
+    gm = _graph()
+    cuts = pieces.cut(gm, [], _compute(gm), per_piece=4)
+    parts = pieces.split(gm, cuts)
+    assert len(parts) == len(cuts) > 2
+    call = pieces.PiecewiseCall(gm, parts, [lambda args, p=p: p.gm(*args) for p in parts])
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    args = [x, w]
+    (got,) = call(args)
+    assert args == []  # the boxed convention: the inputs list is the callee's to clear
+    torch.testing.assert_close(got, _chain(x, w)[0])
+    for p in parts[1:]:  # a later piece reads earlier values through placeholders
+        assert p.inputs and all(n.op == "placeholder" for n in p.gm.graph.nodes if n.name in p.inputs)
+
+
+@pytest.fixture(scope="module")
+def block():
+    zm = zoo.get("gpt2-block")
+    return zm, fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn)
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _eager(zm):
+    model = copy.deepcopy(zm.model)
+    loss = (zm.loss_fn or default_loss)(model(*zm.inputs))
+    loss.backward()
+    return loss.detach(), _grads(model)
+
+
+@pytest.mark.usefixtures("empty_caches")
+def test_a_toggle_relowers_only_the_piece_it_changed(block, monkeypatch):
+    monkeypatch.setattr(pieces, "PIECE_OPS", 12)  # the block's graphs in several pieces
+    zm, cap = block
+    plan = plan_for(cap, "all")
+    ex = InductorGraphExecutor()
+    model = copy.deepcopy(zm.model)
+    fused = plan.compile(model, executor=ex)
+    loss = fused(*zm.inputs)
+    loss.backward()
+    want_loss, want_grads = _eager(zm)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for g, w in zip(_grads(model), want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    graphs = {g.kind: g for g in ex.graphs}
+    assert all(len(g.parts) >= 2 for g in graphs.values()), [len(g.parts) for g in graphs.values()]
+    assert not any(p.cached for g in graphs.values() for p in g.parts)
+    fw_before = graphs["forward"]
+
+    bw = next(c for c in plan.selected if c.graph.startswith("bw"))
+    fused.replan(plan.deselect(bw.id))
+    model.zero_grad(set_to_none=True)
+    loss = fused(*zm.inputs)
+    loss.backward()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for g, w in zip(_grads(model), want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    graphs = {g.kind: g for g in ex.graphs}
+    assert graphs["forward"] is fw_before  # the forward's groups did not change: its code is kept
+    parts = graphs["backward"].parts
+    assert sum(not p.cached for p in parts) == 1, [p.cached for p in parts]  # the piece holding `bw`
+    assert bw.id not in graphs["backward"].groups
+    assert bw.id not in {k.candidate for k in fused.report.used}
+
+    fused.replan(plan.select(bw.id))  # back: every piece served from Inductor's cache
+    model.zero_grad(set_to_none=True)
+    fused(*zm.inputs).backward()
+    assert all(p.cached for p in {g.kind: g for g in ex.graphs}["backward"].parts)
+    assert bw.id in {k.candidate for k in fused.report.used}
+
+
+@pytest.mark.usefixtures("empty_caches")
+def test_replan_matches_a_fresh_compile_and_refuses_another_capture(block):
+    zm, cap = block
+    plan = plan_for(cap, "all")
+    fused = plan.compile(copy.deepcopy(zm.model), executor=InductorGraphExecutor())
+    fused(*zm.inputs).backward()
+    fw = next(c for c in plan.selected if c.graph.startswith("fw"))
+    fused.replan(plan.deselect(fw.id))
+    fresh = plan.compile(copy.deepcopy(zm.model), executor=InductorGraphExecutor())
+    a, b = fused(*zm.inputs), fresh(*zm.inputs)
+    torch.testing.assert_close(a, b)
+    a.backward()
+    b.backward()
+    assert {k.candidate for k in fused.report.used} == {k.candidate for k in fresh.report.used}
+    assert fw.id not in {k.candidate for k in fused.report.used}
+    other = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
+    with pytest.raises(ValueError, match="same capture"):
+        fused.replan(other)
