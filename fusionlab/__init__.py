@@ -22,13 +22,14 @@ from .plan import FusionPlan, PlanError
 __all__ = [
     "Candidate", "Candidates", "Capture", "CaptureError", "FusionPlan", "Kernel", "Pattern", "PatternError",
     "PlanError", "capture", "find_candidates", "list_patterns", "load_ipython_extension", "optim", "pattern",
-    "profile", "unregister", "zoo",
+    "profile", "unregister", "zoo", "KeptSteps",
 ]
 __version__ = "0.1.0"
 
 
 _LAZY = {"zoo": "fusionlab.zoo", "cost": "fusionlab.cost", "optim": "fusionlab.optim"}
-_LAZY_ATTR = {"profile": ("fusionlab.profiler", "profile"), "explore": ("fusionlab.widgets", "explore")}
+_LAZY_ATTR = {"profile": ("fusionlab.profiler", "profile"), "explore": ("fusionlab.widgets", "explore"),
+              "KeptSteps": ("fusionlab.profiler", "KeptSteps")}
 
 
 def __getattr__(name):

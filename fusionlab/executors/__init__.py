@@ -60,6 +60,15 @@ the library that holds it, in this process or a later one, and never built again
 and flags are Inductor's; only the packaging differs. ``FUSIONLAB_BATCH_BUILDS=0`` turns it
 off.
 
+Pieces. A graph of more than twice :data:`.pieces.PIECE_OPS` computing ops is compiled as a few
+pieces, cut only where no candidate (selected or not) spans, so the cuts never depend on the
+plan: nothing fuses across a group boundary under the policy, and every value that crosses
+one is stored anyway, so the pieces run the same loop nests as one compile would. A toggle
+lowers only the piece that holds the changed group; the others are the same compiles, served
+from Inductor's cache (:mod:`.pieces`). ``FusedStep.replan(plan)`` swaps a new selection into
+a compiled step without a new Dynamo or AOTAutograd trace, keeping every graph whose selected
+groups did not change; the profiler does so between profiles given ``keep=KeptSteps()``.
+
 Caches. The fusion policy is part of Inductor's FX graph cache key (a post-fusion scheduler
 pass whose ``uuid()`` hashes it), so a plan compiled once, in this process or an earlier
 one, comes back from that cache, and one plan's code is never served for another. A hit
@@ -67,7 +76,7 @@ runs no lowering or scheduling, so the loop listing verified at the miss is kept
 fusionlab's cache (``fusionlab.cache``, namespace "graphs") under Inductor's key, read back
 and verified again; a hit without one is compiled again with the cache off. Group check
 results are kept by the group's ops, input shapes, strides and dtypes and what decides
-Inductor's code for it (namespace "checks"): a toggle recompiles only the graph it changed
+Inductor's code for it (namespace "checks"): a toggle recompiles only the piece it changed
 and rechecks only the groups it changed.
 """
 

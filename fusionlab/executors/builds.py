@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -68,6 +69,20 @@ def prefetch_cache_keys() -> None:
         prefetch = getattr(key, "prefetch", None)
         if prefetch is not None:
             prefetch()
+    _prefetch_vec_isa()
+
+
+@functools.lru_cache(maxsize=1)
+def _prefetch_vec_isa() -> None:
+    """Inductor's pick of the CPU's vector ISA (``pick_vec_isa``, kept for the process) builds and
+    runs a probe per ISA, about a second; the first C++ lowering of a process waits for it. A warm
+    start lowers nothing, so the first toggle after it would: started here, in a thread, it
+    overlaps the tracing and the cache lookups instead."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:
+        return
+    threading.Thread(target=pick_vec_isa, name="fusionlab-vec-isa", daemon=True).start()
 
 
 def _missing_internals() -> list[str]:

@@ -29,7 +29,7 @@ import torch.fx
 
 # ops that compute (pointwise, reductions, matmuls, ...) per piece, about; $FUSIONLAB_PIECE_OPS
 # overrides it (a large number: every graph whole, as one compile)
-PIECE_OPS = int(os.environ.get("FUSIONLAB_PIECE_OPS", "24"))
+PIECE_OPS = int(os.environ.get("FUSIONLAB_PIECE_OPS", "16"))
 
 
 @dataclass

@@ -31,6 +31,7 @@ The package, one job a module:
 * ``measure``   ``profile()`` itself, as a sequence of named steps;
 * ``harness``   a variant's own training step, optimizer and clock;
 * ``events``    one step under torch.profiler: top kernels, peak memory, Chrome trace;
+* ``kept``      compiled steps kept from one profile to the next (``profile(keep=KeptSteps())``);
 * ``results``   :class:`ProfileResult` / :class:`VariantResult` and their text and tables.
 
 The variant and executor names live in :mod:`fusionlab.profile_options` (the CLI, the
@@ -40,7 +41,8 @@ report in :mod:`fusionlab.viz.profile_report`, and the fused-vs-eager numerics c
 """
 
 from ..profile_options import DEFAULT_COMPARE, VARIANTS
+from .kept import KeptSteps
 from .measure import profile
 from .results import ProfileResult, VariantResult
 
-__all__ = ["DEFAULT_COMPARE", "VARIANTS", "ProfileResult", "VariantResult", "profile"]
+__all__ = ["DEFAULT_COMPARE", "VARIANTS", "KeptSteps", "ProfileResult", "VariantResult", "profile"]

@@ -71,6 +71,18 @@ class Variant:
         self.update = None  # the fused optimizer update, where one replaces self.opt.step
         self.cuda = False  # time the update with CUDA events (set by whoever builds the variant)
         self._update_clock = None  # the last step's update: seconds (CPU) or (start, end) CUDA events
+        self.reused = False  # its compiled step was kept from an earlier profile (profiler.kept)
+
+    def renew(self, inputs: tuple, make_opt) -> None:
+        """Ready for a new profile with the same compiled step (:mod:`fusionlab.profiler.kept`): no
+        gradients, a new optimizer (`make_opt(params)`), the new inputs, an empty result. The
+        caller has loaded the weights."""
+        self.model.train(True)
+        self.model.zero_grad(set_to_none=True)
+        self.inputs = inputs
+        self.opt = make_opt([p for p in self.model.parameters() if p.requires_grad])
+        self.result = VariantResult(self.name, self.result.executor, self.result.device)
+        self.first_loss, self._update_clock = None, None
 
     def step(self, mark: bool = False):
         """One training step; `mark`: a torch.profiler range around forward + backward (the kernel count's window)."""

@@ -44,8 +44,10 @@ from .harness import (
     describe_device,
     device_of,
     fresh_step,
+    make_optimizer,
     reference_variants,
 )
+from .kept import kept_notes
 from .results import ProfileResult, variant_verdict
 
 
@@ -69,6 +71,7 @@ def profile(
     references: bool = True,
     model_name: str | None = None,
     verbose: bool = False,
+    keep=None,
 ) -> ProfileResult:
     """Time whole training steps of `model` for each variant in `compare`; model the GPU cost.
 
@@ -98,12 +101,15 @@ def profile(
 
     with preserved_state(model):
         plan, loss_fn = _plan_to_profile(model, inputs, plan, loss_fn, notes, verbose)
-        variants = _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev)
+        variants = _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev, keep)
         if references:
             variants += reference_variants(variants, model, inputs, plan, loss_fn, optimizer, lr, dev, notes)
         timer = Timer(cuda)
         live = _first_steps(variants, timer, verbose)
-        notes += _backend_notes(live)
+        notes += _backend_notes(live) + kept_notes(variants)
+        if keep is not None:
+            for v in variants:
+                keep.put(getattr(v, "keep_key", None), model, v)
         stopped = _timed_rounds(live, timer, warmup, steps, budget, max(max_steps, steps), verbose)
         _count_kernels(plan, variants)
         trace_path = profiled_steps(live, cuda, trace) if (profile_step or trace) else None
@@ -150,19 +156,25 @@ def _plan_to_profile(model, inputs, plan, loss_fn, notes: list[str], verbose: bo
     return plan, loss_fn if loss_fn is not None else plan.capture.meta.get("loss_fn")
 
 
-def _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev) -> list[Variant]:
-    """One Variant per name, each with its own model copy, optimizer and (compiled) step."""
+def _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, executor, dev, keep=None) -> list[Variant]:
+    """One Variant per name, each with its own model copy, optimizer and (compiled) step; with
+    `keep`, the steps an earlier profile kept are taken back (:mod:`.kept`)."""
     device = describe_device(dev)
-    # one executor for the fusionlab variant; "unfused" runs the same kind with nothing selected
-    fl_executor, fl_name = (resolve_executor(executor, dev) if {"fusionlab", "unfused"} & set(compare)
-                            else (None, ""))
+    resolved = None  # (executor, its name) for the fusionlab variant; "unfused" runs the same kind
     variants = []
     for name in compare:
-        v = Variant(name, model, inputs, loss_fn, optimizer, lr, device)
-        v.cuda = dev.type == "cuda"
-        _give_step(v, fresh_step(v.model, loss_fn), plan, fl_executor, fl_name, cuda=v.cuda)
+        key = keep.key(name, model, inputs, plan, loss_fn, optimizer, lr, executor) if keep is not None else None
+        v = keep.take(key, model, inputs, plan, lambda ps: make_optimizer(optimizer, ps, lr)) if key else None
+        if v is None:
+            if resolved is None and name in ("fusionlab", "unfused"):
+                resolved = resolve_executor(executor, dev)
+            v = Variant(name, model, inputs, loss_fn, optimizer, lr, device)
+            v.cuda = dev.type == "cuda"
+            _give_step(v, fresh_step(v.model, loss_fn), plan, *(resolved or (None, "")), cuda=v.cuda)
+        v.keep_key = key
         variants.append(v)
     return variants
+
 
 
 def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool) -> None:

@@ -42,6 +42,7 @@ class ProfilePane:
         self.ex = explorer
         self.background = background
         self.result = None
+        self.kept = None  # compiled steps kept between this pane's profiles (a KeptSteps, made on first use)
         self.stale = False  # the result was measured for another selection
         self.measured_for: tuple = ()  # the candidate ids the result measured
         self.last_options: dict | None = None
@@ -98,10 +99,14 @@ class ProfilePane:
                                done=lambda r: self._show(r, ids), queue=queue, after=self._after)
 
     def _measure(self, plan, options: dict):
-        from ..profiler import profile
+        from ..profiler import KeptSteps, profile
 
         ex = self.ex
-        return profile(ex.model, ex.inputs, plan=plan, loss_fn=ex.loss_fn, **options)
+        if self.kept is None:
+            self.kept = KeptSteps()
+        # the compiled steps stay between this pane's profiles: after a toggle only the changed
+        # pieces of the fusionlab step are compiled again (fusionlab.profiler.kept)
+        return profile(ex.model, ex.inputs, plan=plan, loss_fn=ex.loss_fn, keep=self.kept, **options)
 
     def _show(self, result, ids: tuple) -> None:
         self.result, self.measured_for = result, ids
