@@ -185,7 +185,8 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
     """
     report = BackendReport()
     report.executor = "triton" if executor is None else getattr(executor, "name", "custom")
-    state = {"plan": plan, "selected": _selected_by_graph(plan)}
+    # the plan is mutable: its selection and rules as they were when each graph was compiled
+    state = {"plan": plan, "selected": _selected_by_graph(plan), "rules": tuple(getattr(plan, "rules", ()))}
     slots: list[_Slot] = []
     compiled_counts = {"forward": 0, "backward": 0, "inference": 0}
 
@@ -244,7 +245,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
             return None
         # every candidate, selected or not: where a whole-graph executor may cut the graph
         graph = CapturedGraph(index=ref.index, kind=kind, gm=gm, nodes=node_facts(gm))
-        cands, _ = graph_candidates(graph, rules=tuple(getattr(state["plan"], "rules", ())))
+        cands, _ = graph_candidates(graph, rules=state["rules"])
         if not wanted:
             # a whole-graph executor runs every graph its way, so "nothing fused" compares alike
             return _compile_whole(executor, kind, gm, example, [], [], ref.tag, report, cands)
@@ -287,7 +288,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         if new_plan.capture is not plan.capture:
             raise ValueError("replan: the new plan must come from the same capture as the step's "
                              "(plan.select/deselect of it); for another capture, plan.compile(model) anew")
-        if tuple(map(str, getattr(new_plan, "rules", ()))) != tuple(map(str, getattr(state["plan"], "rules", ()))):
+        if tuple(map(str, getattr(new_plan, "rules", ()))) != tuple(map(str, state["rules"])):
             raise ValueError("replan: the new plan has other rules, so other candidates; plan.compile(model) anew")
         state["plan"], state["selected"] = new_plan, _selected_by_graph(new_plan)
         report.kernels, report.fallbacks, report.loops, report.graphs = [], [], {}, []
