@@ -147,3 +147,28 @@ def test_replan_matches_a_fresh_compile_and_refuses_another_capture(block):
     other = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
     with pytest.raises(ValueError, match="same capture"):
         fused.replan(other)
+
+
+@pytest.mark.usefixtures("empty_caches")
+@pytest.mark.parametrize("strides_hold", [True, False])
+def test_pieces_match_eager_and_a_stride_mismatch_compiles_the_graph_whole(monkeypatch, strides_hold):
+    from fusionlab.executors import whole_graph
+
+    monkeypatch.setattr(pieces, "PIECE_OPS", 3)
+    if not strides_hold:  # as if Inductor laid out a piece's output otherwise than the graph says
+        def mismatch(compiled, piece, vals):
+            raise whole_graph.PieceStrideError("test")
+
+        monkeypatch.setattr(whole_graph, "_check_strides", mismatch)
+    zm = zoo.get("mlp")
+    plan = plan_for(fusionlab.capture(zm.model, *zm.inputs, loss_fn=zm.loss_fn), "all")
+    ex = InductorGraphExecutor()
+    model = copy.deepcopy(zm.model)
+    loss = plan.compile(model, executor=ex)(*zm.inputs)
+    loss.backward()
+    want_loss, want_grads = _eager(zm)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for g, w in zip(_grads(model), want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    parts = [len(g.parts) for g in ex.graphs]
+    assert (min(parts) > 1) if strides_hold else parts == [1] * len(parts), parts

@@ -137,14 +137,18 @@ class InductorGraphExecutor(InductorGroupExecutor):
             compute = {n.name for n in gm.graph.nodes if kind_of(n) in COMPUTE}
             cuts = pieces.cut(gm, [c.nodes for c in candidates], compute)
         start = time.perf_counter()
-        if len(cuts) == 1:
+        parts = None
+        if len(cuts) > 1:
+            try:
+                compiled, loops, parts, source = self._compile_pieces(gm, example_inputs, cuts, group_of, as_eager)
+            except PieceStrideError:  # never seen: compiled whole, as a small graph is
+                parts = None
+        if parts is None:
             policy = policy_for(gm, group_of, as_eager=as_eager, eager_outside_groups=self.eager_outside_groups,
                                 kernel_profile=self.kernel_profile)
             compiled, loops, cached, key = compile_with_policy(gm, example_inputs, policy)
             source = getattr(compiled, "source_code", "") or ""
             parts = [Part(len(policy.compute), cached, key or "", count_generated_kernels(source))]
-        else:
-            compiled, loops, parts, source = self._compile_pieces(gm, example_inputs, cuts, group_of, as_eager)
         seconds = time.perf_counter() - start
         self.graphs.append(CompiledGraph(kind, tuple(c.id for c in chosen), sum(p.kernels for p in parts),
                                          loops, seconds, source, all(p.cached for p in parts),
@@ -154,6 +158,8 @@ class InductorGraphExecutor(InductorGroupExecutor):
 
     def _compile_pieces(self, gm, example_inputs, cuts, group_of, as_eager):
         """Each piece compiled under its part of the policy; (one callable, loops, parts, source)."""
+        from torch._inductor import config as iconfig
+
         parts_gm = pieces.split(gm, cuts)
         given = {n.name: n.meta.get("val") for n in gm.graph.nodes}
         given.update(zip((n.name for n in gm.graph.nodes if n.op == "placeholder"), example_inputs))
@@ -170,7 +176,12 @@ class InductorGraphExecutor(InductorGroupExecutor):
                                     as_eager=as_eager & mine, eager_outside_groups=self.eager_outside_groups,
                                     kernel_profile=self.kernel_profile)
                 examples = [given[x] for x in p.inputs]
-                compiled, piece_loops, cached, key = compile_with_policy(p.gm, examples, policy)
+                # no size/stride assert on each piece's inputs (about 1.5 us an input, every
+                # step): a graph input's are Dynamo's guards, and every piece's outputs are
+                # checked below, once, to have the strides the next piece was compiled for
+                with iconfig.patch(size_asserts=False):
+                    compiled, piece_loops, cached, key = compile_with_policy(p.gm, examples, policy)
+                _check_strides(compiled, p, given)
                 if reported is not None:
                     strides.update(zip(p.outputs, ctx.output_strides))
                 source = getattr(compiled, "source_code", "") or ""
@@ -188,3 +199,25 @@ class InductorGraphExecutor(InductorGroupExecutor):
                 reported.append(strides[r.name] if isinstance(r, torch.fx.Node) and r.name in strides else
                                 tuple(val.stride()) if isinstance(val, torch.Tensor) else None)
         return pieces.PiecewiseCall(gm, parts_gm, fns), loops, parts, "\n".join(sources)
+
+
+class PieceStrideError(RuntimeError):
+    """A piece's compiled output has other strides than the graph's value (the next piece reads it
+    by those): the graph is compiled whole instead."""
+
+
+def _check_strides(compiled, piece, vals: dict) -> None:
+    """Every output of `piece` has the strides of the graph's value for it (dims of size 1 aside)."""
+    got = getattr(compiled, "output_strides", None)
+    if got is None or len(got) != len(piece.outputs):
+        raise PieceStrideError(f"no output strides for {len(piece.outputs)} outputs")
+    for name, exprs in zip(piece.outputs, got):
+        val = vals.get(name)
+        if not isinstance(val, torch.Tensor):
+            continue
+        try:
+            strides = tuple(int(e) for e in exprs) if exprs is not None else None
+        except (TypeError, ValueError):
+            strides = None
+        if strides is None or any(a != b for a, b, n in zip(strides, val.stride(), val.shape) if n > 1):
+            raise PieceStrideError(f"{name}: strides {strides}, the graph's {tuple(val.stride())}")
