@@ -149,6 +149,26 @@ def offline_page(ctx):
     return page
 
 
+def dismiss_dialogs(page) -> list[str]:
+    """Accept each JupyterLab dialog in the way (a kernel picker that a slow kernel start on a
+    busy machine can bring up); their texts are kept in ``page.dialogs`` and returned."""
+    seen: list[str] = []
+    dialogs = page.locator(".jp-Dialog")
+    for _ in range(3):
+        if not dialogs.count():
+            break
+        d = dialogs.first
+        seen.append(d.inner_text()[:300])
+        accept = d.locator(".jp-Dialog-button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+    page.dialogs = getattr(page, "dialogs", []) + seen
+    return seen
+
+
 def run_cell(page, index: int = 0, tries: int = 12) -> None:
     """Run notebook cell ``index`` through JupyterLab's UI (Ctrl+Enter), resending while the
     kernel still connects (a request sent then can be lost), until its prompt shows it ran."""
@@ -156,8 +176,12 @@ def run_cell(page, index: int = 0, tries: int = 12) -> None:
 
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
     for _ in range(tries):
+        dismiss_dialogs(page)
         before = cell.locator(".jp-InputPrompt").inner_text()
-        cell.locator(".cm-content").click()
+        try:
+            cell.locator(".cm-content").click(timeout=10_000)
+        except PlaywrightTimeout:  # a dialog came up in the way: accepted on the next try
+            continue
         page.keyboard.press("Control+Enter")
         try:
             page.wait_for_function(
