@@ -182,10 +182,10 @@ def policy_for(gm: torch.fx.GraphModule, group_of: dict[str, str], *, as_eager=(
     (``RECORD_FUNCTION``, Inductor's ``cpp.enable_kernel_profile``), so torch.profiler times
     each; its extra header costs each C++ build about 0.7 s on a 2-core CPU (measured).
     """
-    from ..ops import kind_of
+    from ..ops import KERNEL_KINDS, kind_of
 
     kinds = {n.name: kind_of(n) for n in gm.graph.nodes}
-    compute = {n for n, k in kinds.items() if k in ("pointwise", "reduction", "matmul", "opaque")}
+    compute = {n for n, k in kinds.items() if k in KERNEL_KINDS}
     as_eager = set(as_eager)
     must_store = set()
     for n in gm.graph.nodes:

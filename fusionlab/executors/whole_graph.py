@@ -15,8 +15,6 @@ from . import pieces
 from .groups import InductorGroupExecutor, count_generated_kernels
 from .policy import GRAPHS, FusionPolicyError, KernelOrigin, compile_with_policy, policy_for
 
-COMPUTE = ("pointwise", "reduction", "matmul", "opaque")
-
 __all__ = ["GRAPHS", "CompiledGraph", "FusionPolicyError", "InductorGraphExecutor", "KernelOrigin"]
 
 
@@ -132,9 +130,9 @@ class InductorGraphExecutor(InductorGroupExecutor):
         as_eager = {n for c in refused for n in c.nodes}
         cuts = [[n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]]
         if candidates is not None and self.in_pieces:
-            from ..ops import kind_of
+            from ..ops import KERNEL_KINDS, kind_of
 
-            compute = {n.name for n in gm.graph.nodes if kind_of(n) in COMPUTE}
+            compute = {n.name for n in gm.graph.nodes if kind_of(n) in KERNEL_KINDS}
             cuts = pieces.cut(gm, [c.nodes for c in candidates], compute)
         start = time.perf_counter()
         parts = None
@@ -146,9 +144,8 @@ class InductorGraphExecutor(InductorGroupExecutor):
         if parts is None:
             policy = policy_for(gm, group_of, as_eager=as_eager, eager_outside_groups=self.eager_outside_groups,
                                 kernel_profile=self.kernel_profile)
-            compiled, loops, cached, key = compile_with_policy(gm, example_inputs, policy)
-            source = getattr(compiled, "source_code", "") or ""
-            parts = [Part(len(policy.compute), cached, key or "", count_generated_kernels(source))]
+            compiled, loops, part, source = _compile_part(gm, example_inputs, policy)
+            parts = [part]
         seconds = time.perf_counter() - start
         self.graphs.append(CompiledGraph(kind, tuple(c.id for c in chosen), sum(p.kernels for p in parts),
                                          loops, seconds, source, all(p.cached for p in parts),
@@ -180,15 +177,14 @@ class InductorGraphExecutor(InductorGroupExecutor):
                 # step): a graph input's are Dynamo's guards, and every piece's outputs are
                 # checked below, once, to have the strides the next piece was compiled for
                 with iconfig.patch(size_asserts=False):
-                    compiled, piece_loops, cached, key = compile_with_policy(p.gm, examples, policy)
+                    compiled, piece_loops, part, source = _compile_part(p.gm, examples, policy)
                 _check_strides(compiled, p, given)
                 if reported is not None:
                     strides.update(zip(p.outputs, ctx.output_strides))
-                source = getattr(compiled, "source_code", "") or ""
                 fns.append(compiled)
                 loops += piece_loops
                 sources.append(source)
-                parts.append(Part(len(policy.compute), cached, key or "", count_generated_kernels(source)))
+                parts.append(part)
         finally:
             if reported is not None:
                 ctx.output_strides = reported
@@ -199,6 +195,13 @@ class InductorGraphExecutor(InductorGroupExecutor):
                 reported.append(strides[r.name] if isinstance(r, torch.fx.Node) and r.name in strides else
                                 tuple(val.stride()) if isinstance(val, torch.Tensor) else None)
         return pieces.PiecewiseCall(gm, parts_gm, fns), loops, parts, "\n".join(sources)
+
+
+def _compile_part(gm, example_inputs, policy):
+    """``compile_with_policy``: (compiled, loops, its :class:`Part`, its wrapper source)."""
+    compiled, loops, cached, key = compile_with_policy(gm, example_inputs, policy)
+    source = getattr(compiled, "source_code", "") or ""
+    return compiled, loops, Part(len(policy.compute), cached, key or "", count_generated_kernels(source)), source
 
 
 class PieceStrideError(RuntimeError):
