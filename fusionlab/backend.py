@@ -15,6 +15,7 @@ the same values as the nodes it replaces: no custom autograd.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from .capture import CapturedGraph, CaptureError, TrainStep, aten_backend, check
 from .facts import node_facts
 from .fxgraph import copy_graph, stable_sort
 from .kernels.kernel import KernelStatus, build_kernel
+from .shared_trace import MISS
+from .slots import Slot, restrided, tracing_for
 
 
 @dataclass
@@ -134,39 +137,6 @@ def _selected_by_graph(plan) -> dict[str, set]:
     return out
 
 
-class _Slot:
-    """One graph AOTAutograd compiled through the backend: what runs it now, and how it came to be.
-
-    AOTAutograd keeps the slot (a boxed callable); :func:`make_backend`'s ``replan`` swaps what
-    it runs, so a new plan needs no new trace of the step."""
-
-    def __init__(self, kind: str, gm, example, ref: CapturedGraph):
-        self.kind, self.gm, self.example, self.ref = kind, gm, example, ref
-        self._boxed_call = True  # on the instance: wrappers (torch._dynamo.disable) copy its __dict__
-        self.wanted: frozenset | None = None  # the selected candidates it was compiled with
-        self.fn = None
-        self.statuses: list[KernelStatus] = []
-        self.fallbacks: list[str] = []
-        self.loops: dict[str, list[str]] = {}
-        self.compiled = None  # the executor's record of the graph's compile (CompiledGraph), if any
-
-    def __call__(self, args):
-        return self.fn(args)
-
-
-def _tracing(example):
-    """A tracing context for compiling a graph again outside Dynamo's (Inductor's FX graph cache
-    needs one: the fake mode of AOTAutograd's example inputs, and its shape env)."""
-    import contextlib
-
-    from torch._guards import TracingContext, detect_fake_mode, tracing
-
-    if TracingContext.try_get() is not None:
-        return contextlib.nullcontext()
-    mode = detect_fake_mode(example)
-    return tracing(TracingContext(mode)) if mode is not None else contextlib.nullcontext()
-
-
 def make_backend(plan, *, validate: bool = True, seed: int | None = None, executor=None, **codegen):
     """A torch.compile backend that runs the plan's selected candidates as fusionlab kernels.
 
@@ -187,7 +157,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
     report.executor = "triton" if executor is None else getattr(executor, "name", "custom")
     # the plan is mutable: its selection and rules as they were when each graph was compiled
     state = {"plan": plan, "selected": _selected_by_graph(plan), "rules": tuple(getattr(plan, "rules", ()))}
-    slots: list[_Slot] = []
+    slots: list[Slot] = []
     compiled_counts = {"forward": 0, "backward": 0, "inference": 0}
 
     def find_reference(kind: str, gm) -> CapturedGraph | None:
@@ -211,21 +181,32 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         if ref is None:
             report.unmatched.append(f"a {kind} graph that was not captured by this plan runs unfused")
             return None
-        slot = _Slot(kind, gm, example, ref)
+        slot = Slot(kind, gm, example, ref)
+        slot.forward = _forward_of(slot)
         fill(slot)
         slots.append(slot)
         return slot
 
-    def fill(slot: _Slot) -> None:
+    def _forward_of(slot: Slot) -> Slot | None:
+        if slot.kind != "backward":
+            return None
+        return next((s for s in reversed(slots) if s.kind == "forward" and s.ref.index == slot.ref.index), None)
+
+    def fill(slot: Slot) -> None:
         """Compile `slot`'s graph under the current plan; its results go to the report."""
         from functorch.compile import make_boxed_func
 
         wanted = frozenset(state["selected"].get(slot.ref.tag, set()))
+        if slot.forward is not None and (example := restrided(slot, slot.forward)) is not slot.example:
+            slot.example, slot.wanted = example, None  # the forward's code saves its values otherwise now
         if wanted != slot.wanted:
             graphs = getattr(executor, "graphs", None)
             before = len(graphs) if graphs is not None else 0
             mark = (len(report.kernels), len(report.fallbacks))
-            fn = compile_one(slot.kind, slot.gm, slot.example, slot.ref, wanted)
+            with tracing_for(slot.example) as ctx:
+                fn = compile_one(slot.kind, slot.gm, slot.example, slot.ref, wanted)
+                reported = getattr(ctx, "output_strides", None)
+                slot.out_strides = list(reported) if reported else None
             slot.fn = fn if getattr(fn, "_boxed_call", False) else make_boxed_func(fn or slot.gm.forward)
             slot.statuses, slot.fallbacks = report.kernels[mark[0]:], report.fallbacks[mark[1]:]
             slot.loops = {cid: report.loops[cid] for cid in report.loops if cid in {k.candidate for k in slot.statuses}}
@@ -295,12 +276,27 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         if getattr(executor, "graphs", None) is not None:
             executor.graphs.clear()
         for slot in slots:
-            with _tracing(slot.example):
+            fill(slot)
+
+    mine: dict[int, Slot] = {}  # id(SharedGraph) -> its slot here
+
+    def attach(shared_graphs) -> None:
+        """Compile the graphs of a capture's shared trace (:mod:`fusionlab.shared_trace`) that
+        this backend has not compiled yet, in order, as if AOTAutograd had handed them over."""
+        for g in shared_graphs:
+            if id(g) not in mine:
+                gm = torch.fx.GraphModule(g.gm, copy_graph(g.gm.graph))  # the capture's graph stays as it is
+                slot = Slot(g.ref.kind, gm, g.example, g.ref)
+                slot.forward = _forward_of(slot)
                 fill(slot)
+                slots.append(slot)
+                mine[id(g)] = slot
 
     backend = aten_backend(on_graph)
     backend.report = report
     backend.replan = replan
+    backend.attach = attach
+    backend.attached = lambda g: mine.get(id(g))
     return backend
 
 
@@ -335,7 +331,9 @@ class FusedStep(torch.nn.Module):
         self.plan = plan
         self.backend = make_backend(plan, **options)
         self.report: BackendReport = self.backend.report
-        self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
+        # the capture's trace while Dynamo's guards accept this model and these inputs; else our own
+        self._trace = getattr(plan.capture, "trace", None)
+        self._compiled = None
 
     def replan(self, plan) -> FusedStep:
         """Switch to `plan` (the same capture, another selection) without tracing the step again.
@@ -352,10 +350,20 @@ class FusedStep(torch.nn.Module):
             check_inputs(self.model, inputs)
         except CaptureError as e:
             raise ValueError(f"fused step: {e}") from None
-        if not self.step.train_step:
-            with torch.no_grad():
-                return self._compiled(*inputs)
-        return self._compiled(*inputs)
+        with contextlib.nullcontext() if self.step.train_step else torch.no_grad():
+            if self._trace is not None:
+                out = self._trace.run(self.step, self.backend, inputs)
+                if out is not MISS:
+                    return out
+                self._trace = None  # from now on, a trace of our own (with recompiles as usual)
+            if self._compiled is None:
+                self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
+            return self._compiled(*inputs)
+
+    @property
+    def shares_trace(self) -> bool:
+        """True while the step runs the capture's Dynamo and AOTAutograd trace (no trace of its own)."""
+        return self._trace is not None
 
 
 def compile_model(plan, model=None, **options) -> FusedStep:

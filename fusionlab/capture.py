@@ -23,6 +23,7 @@ from ._env import debug
 from .captured import Capture, CapturedGraph, CaptureError, GraphBreak  # noqa: F401 (re-exported)
 from .facts import NodeInfo, node_facts  # noqa: F401 (NodeInfo re-exported)
 from .facts import normalize_module_path as normalize_module_path  # re-exported
+from .shared_trace import SharedGraph, SharedTrace
 
 # --------------------------------------------------------------------------- capture
 
@@ -222,11 +223,15 @@ def capture(
     graphs: list[CapturedGraph] = []
     counters = {"forward": 0, "backward": 0, "inference": 0}
 
-    def on_graph(kind: str, gm: torch.fx.GraphModule, _example):
+    shared: list[SharedGraph] = []
+
+    def on_graph(kind: str, gm: torch.fx.GraphModule, example):
         index = counters[kind]
         counters[kind] += 1
         graphs.append(CapturedGraph(index=index, kind=kind, gm=gm, nodes=node_facts(gm)))
-        return None
+        forward = next((s for s in shared if s.ref.kind == "forward" and s.ref.index == index), None)
+        shared.append(SharedGraph(graphs[-1], example, forward if kind == "backward" else None))
+        return shared[-1]
 
     step = TrainStep(model, loss_fn, train)
     explain = ExplainWithBackend(aten_backend(on_graph))
@@ -234,13 +239,14 @@ def capture(
     with preserved_state(model):
         if isinstance(model, torch.nn.Module):
             model.train(train)
-        entry = fresh_entry(step)
+        entry = fresh_entry(step).__func__  # compiled unbound: a fused step runs it with its own TrainStep
         compiled = torch.compile(entry, backend=explain, dynamic=False)
+        kept = False
         try:
             with contextlib.ExitStack() as stack:
                 if not train:
                     stack.enter_context(torch.no_grad())
-                out = compiled(*example_inputs)
+                out = compiled(step, *example_inputs)
                 if train:
                     if not isinstance(out, torch.Tensor) or out.dim() != 0:
                         raise CaptureError(
@@ -258,25 +264,17 @@ def capture(
                     leaves = _leaves(out)
                     if leaves:
                         torch.autograd.grad(out, leaves, allow_unused=True)
+            breaks = _breaks(explain)
+            kept = breaks == [] and bool(graphs)  # None: unknown, so not kept
         except CaptureError:
             raise
         except Exception as e:  # noqa: BLE001 - turn deep torch errors into one clear message
             raise CaptureError(_explain_failure(model, e)) from e
         finally:
-            _forget_compiled_code(entry)
+            if not kept:
+                _forget_compiled_code(entry)
     seconds = time.perf_counter() - start
-
-    breaks = []
-    try:
-        report = explain.output()
-        for br in report.break_reasons:
-            where = ""
-            if br.user_stack:
-                fr = br.user_stack[-1]
-                where = f"{fr.filename.rsplit('/', 1)[-1]}:{fr.lineno} in {fr.name}"
-            breaks.append(GraphBreak(reason=str(br.reason).strip().splitlines()[0], where=where))
-    except Exception as e:  # noqa: BLE001 - break reporting is best effort
-        debug(1, "could not read graph break reasons:", e)
+    breaks = breaks or []
 
     if not graphs:
         raise CaptureError(
@@ -294,9 +292,28 @@ def capture(
         input_shapes=shapes,
         meta={"loss_fn": loss_fn, "model": model},
         optimizer=opt_step,
+        trace=SharedTrace(compiled, entry.__code__, shared) if kept else None,
     )
     debug(1, cap.summary())
     return cap
+
+
+def _breaks(explain) -> list[GraphBreak] | None:
+    """Dynamo's graph breaks, from the ExplainWithBackend that wrapped the capture's backend
+    (None if it could not say)."""
+    try:
+        report = explain.output()
+    except Exception as e:  # noqa: BLE001 - break reporting is best effort
+        debug(1, "could not read graph break reasons:", e)
+        return None
+    breaks = []
+    for br in report.break_reasons:
+        where = ""
+        if br.user_stack:
+            fr = br.user_stack[-1]
+            where = f"{fr.filename.rsplit('/', 1)[-1]}:{fr.lineno} in {fr.name}"
+        breaks.append(GraphBreak(reason=str(br.reason).strip().splitlines()[0], where=where))
+    return breaks
 
 
 def _leaves(out: torch.Tensor) -> list[torch.Tensor]:
@@ -321,7 +338,7 @@ def _forget_compiled_code(entry) -> None:
     try:
         from torch._C._dynamo.eval_frame import reset_code
 
-        reset_code(entry.__func__.__code__)
+        reset_code(entry.__code__)
     except Exception:  # noqa: BLE001 - private API; a stale entry is harmless
         pass
 

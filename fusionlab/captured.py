@@ -73,6 +73,9 @@ class Capture:
     # the optimizer update (fusionlab.optim.OptimizerStep) when capture(..., optimizer=) was given;
     # its graph opt0 is kept out of `graphs`, which are the forward and backward of the step
     optimizer: object = None
+    # the step's Dynamo and AOTAutograd trace, which every FusedStep of this capture runs
+    # (fusionlab.shared_trace.SharedTrace); None where it was not kept (graph breaks)
+    trace: object = field(default=None, repr=False, compare=False)
 
     def graph(self, tag: str) -> CapturedGraph:
         for g in self.graphs:

@@ -1,0 +1,110 @@
+"""One Dynamo and AOTAutograd trace per capture, run by every fused step of it.
+
+``capture`` traces the training step once (Dynamo, then AOTAutograd) to find its graphs.
+Tracing again for each ``plan.compile`` cost as much again (2-4 s on a small transformer),
+so the capture keeps its trace: a :class:`SharedTrace`, whose ATen graphs are each a
+:class:`SharedGraph`, the callable AOTAutograd runs for that graph.
+
+- On its own a SharedGraph runs its graph as traced: the eager ATen ops.
+- :meth:`SharedTrace.run` runs the trace for one fused step, on that step's own model (with
+  nn modules inlined, Dynamo passes the parameters to the graphs as inputs, so a model of the
+  same structure passes its guards). Each SharedGraph runs the code the step's backend
+  compiled for it (``backend.attach``).
+- A backward runs the code of the step whose forward produced the tensors it was handed; the
+  forward remembers its outputs' storages for that (the last few forwards).
+
+When Dynamo's guards reject the trace (another model class, eval mode, another input shape or
+dtype), :meth:`SharedTrace.run` returns :data:`MISS` without having run anything, under
+``torch.compiler.set_stance("fail_on_recompile")``, and the step traces for itself. Only a trace
+without graph breaks is kept: a guard failing at a resumed frame would come after part of
+the step ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import weakref
+
+import torch
+
+from .captured import CapturedGraph
+
+MISS = object()  # SharedTrace.run: the trace does not fit this step; nothing ran
+_RUNNING = contextvars.ContextVar("fusionlab_fused_step", default=None)  # the backend of the step running
+_REMEMBERED = 4  # forwards whose outputs a backward can be matched to
+
+
+def _storages(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors
+            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().nbytes()}
+
+
+class SharedGraph:
+    """One ATen graph of a capture's trace: the boxed callable AOTAutograd runs for it."""
+
+    def __init__(self, ref: CapturedGraph, example, forward: SharedGraph | None = None):
+        self.ref, self.example = ref, example  # the captured graph; AOTAutograd's (fake) example inputs
+        self.forward = forward  # a backward's forward graph: its outputs say whose backward this is
+        self._boxed_call = True
+        self._recent: collections.deque = collections.deque(maxlen=_REMEMBERED)  # (storages, backend ref)
+
+    @property
+    def gm(self) -> torch.fx.GraphModule:
+        return self.ref.gm
+
+    def _backend(self, args):
+        if self.forward is None:
+            return _RUNNING.get()
+        found = _storages(args)
+        recent = list(self.forward._recent)
+        for storages, ref in reversed(recent):
+            if storages & found:
+                return ref()
+        return recent[-1][1]() if recent else None
+
+    def __call__(self, args):
+        backend = self._backend(args)
+        fn = backend.attached(self) if backend is not None else None
+        if fn is None:  # no fused step: the graph as traced
+            values = list(args)
+            args.clear()
+            return self.gm(*values)
+        if self.ref.kind != "forward":
+            return fn(args)
+        inputs = _storages(args)
+        out = fn(args)
+        self._recent.append((_storages(out) - inputs, weakref.ref(backend)))
+        return out
+
+
+class SharedTrace:
+    """A capture's compiled step (``fn(step, *inputs)``, compiled by Dynamo) and its graphs."""
+
+    def __init__(self, fn, code, graphs: list[SharedGraph]):
+        self.fn, self.code, self.graphs = fn, code, graphs
+
+    def alive(self) -> bool:
+        """Dynamo still holds the compiled code (``torch._dynamo.reset()`` drops it)."""
+        try:
+            from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+            return bool(_debug_get_cache_entry_list(self.code))
+        except Exception:  # noqa: BLE001 - private API; without it every step traces for itself
+            return False
+
+    def run(self, step, backend, inputs):
+        """``step(*inputs)`` through this trace with `backend`'s code, or MISS (nothing ran)."""
+        if not self.alive():
+            return MISS
+        backend.attach(self.graphs)
+        token = _RUNNING.set(backend)
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return self.fn(step, *inputs)
+        except RuntimeError as e:
+            if "fail_on_recompile" in str(e):  # Dynamo's guards rejected the trace before it ran
+                return MISS
+            raise
+        finally:
+            _RUNNING.reset(token)
