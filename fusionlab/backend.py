@@ -25,11 +25,11 @@ import torch.fx
 
 from . import _env
 from .candidates import Candidate, graph_candidates
-from .capture import CapturedGraph, CaptureError, TrainStep, aten_backend, check_inputs, fresh_entry
+from .capture import CapturedGraph, CaptureError, TrainStep, aten_backend, check_inputs
 from .facts import node_facts
 from .fxgraph import copy_graph, stable_sort
 from .kernels.kernel import KernelStatus, build_kernel
-from .shared_trace import MISS
+from .shared_trace import TracedStep
 from .slots import Slot, restrided, tracing_for
 
 
@@ -272,6 +272,9 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         if tuple(map(str, getattr(new_plan, "rules", ()))) != tuple(map(str, state["rules"])):
             raise ValueError("replan: the new plan has other rules, so other candidates; plan.compile(model) anew")
         state["plan"], state["selected"] = new_plan, _selected_by_graph(new_plan)
+        refill()
+
+    def refill() -> None:  # every slot under the current selection, the report anew
         report.kernels, report.fallbacks, report.loops, report.graphs = [], [], {}, []
         if getattr(executor, "graphs", None) is not None:
             executor.graphs.clear()
@@ -292,10 +295,18 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
                 slots.append(slot)
                 mine[id(g)] = slot
 
+    def detach(shared_graphs) -> None:
+        """Forget what `attach` compiled for these graphs; the report describes the rest."""
+        for g in shared_graphs:
+            if id(g) in mine:
+                slots.remove(mine.pop(id(g)))
+        refill()
+
     backend = aten_backend(on_graph)
     backend.report = report
     backend.replan = replan
     backend.attach = attach
+    backend.detach = detach
     backend.attached = lambda g: mine.get(id(g))
     return backend
 
@@ -331,9 +342,7 @@ class FusedStep(torch.nn.Module):
         self.plan = plan
         self.backend = make_backend(plan, **options)
         self.report: BackendReport = self.backend.report
-        # the capture's trace while Dynamo's guards accept this model and these inputs; else our own
-        self._trace = getattr(plan.capture, "trace", None)
-        self._compiled = None
+        self._run = TracedStep(self.step, self.backend, plan.capture)
 
     def replan(self, plan) -> FusedStep:
         """Switch to `plan` (the same capture, another selection) without tracing the step again.
@@ -351,19 +360,12 @@ class FusedStep(torch.nn.Module):
         except CaptureError as e:
             raise ValueError(f"fused step: {e}") from None
         with contextlib.nullcontext() if self.step.train_step else torch.no_grad():
-            if self._trace is not None:
-                out = self._trace.run(self.step, self.backend, inputs)
-                if out is not MISS:
-                    return out
-                self._trace = None  # from now on, a trace of our own (with recompiles as usual)
-            if self._compiled is None:
-                self._compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
-            return self._compiled(*inputs)
+            return self._run(*inputs)
 
     @property
     def shares_trace(self) -> bool:
         """True while the step runs the capture's Dynamo and AOTAutograd trace (no trace of its own)."""
-        return self._trace is not None
+        return self._run.shares_trace
 
 
 def compile_model(plan, model=None, **options) -> FusedStep:

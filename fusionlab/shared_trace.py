@@ -9,15 +9,17 @@ so the capture keeps its trace: a :class:`SharedTrace`, whose ATen graphs are ea
 - :meth:`SharedTrace.run` runs the trace for one fused step, on that step's own model (with
   nn modules inlined, Dynamo passes the parameters to the graphs as inputs, so a model of the
   same structure passes its guards). Each SharedGraph runs the code the step's backend
-  compiled for it (``backend.attach``).
+  compiled for it (``backend.attach``: the forward before the step runs, the backward at its
+  first call, as AOTAutograd compiles a backward).
 - A backward runs the code of the step whose forward produced the tensors it was handed; the
   forward remembers its outputs' storages for that (the last few forwards).
 
-When Dynamo's guards reject the trace (another model class, eval mode, another input shape or
-dtype), :meth:`SharedTrace.run` returns :data:`MISS` without having run anything, under
-``torch.compiler.set_stance("fail_on_recompile")``, and the step traces for itself. Only a trace
-without graph breaks is kept: a guard failing at a resumed frame would come after part of
-the step ran.
+When Dynamo's guards reject the trace (another model class, another input shape or dtype, a
+dropout in eval mode), :meth:`SharedTrace.run` returns :data:`MISS` before anything ran or was
+compiled (the guards are checked first, and the run is under
+``torch.compiler.set_stance("fail_on_recompile")`` besides), and the step traces for itself.
+Only a trace without graph breaks is kept: a guard failing at a resumed frame would come after
+part of the step ran.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class SharedGraph:
 
     def __call__(self, args):
         backend = self._backend(args)
+        if backend is not None and backend.attached(self) is None:  # a backward, at its first call
+            backend.attach([self])
         fn = backend.attached(self) if backend is not None else None
         if fn is None:  # no fused step: the graph as traced
             values = list(args)
@@ -84,27 +88,60 @@ class SharedTrace:
     def __init__(self, fn, code, graphs: list[SharedGraph]):
         self.fn, self.code, self.graphs = fn, code, graphs
 
-    def alive(self) -> bool:
-        """Dynamo still holds the compiled code (``torch._dynamo.reset()`` drops it)."""
+    def fits(self, step, inputs) -> bool:
+        """Dynamo's guards accept `step` and `inputs` for the compiled code it still holds
+        (``torch._dynamo.reset()`` drops it). The frame's locals are ``self`` and ``inputs``
+        (``TrainStep.forward(self, *inputs)``)."""
         try:
             from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
-            return bool(_debug_get_cache_entry_list(self.code))
+            names = self.code.co_varnames
+            frame = {names[0]: step, names[1]: tuple(inputs)}
+            return any(e.guard_manager.check(frame) for e in _debug_get_cache_entry_list(self.code))
         except Exception:  # noqa: BLE001 - private API; without it every step traces for itself
             return False
 
     def run(self, step, backend, inputs):
-        """``step(*inputs)`` through this trace with `backend`'s code, or MISS (nothing ran)."""
-        if not self.alive():
+        """``step(*inputs)`` through this trace with `backend`'s code, or MISS (nothing ran, and
+        `backend` compiled nothing for it)."""
+        if not self.fits(step, inputs):
             return MISS
-        backend.attach(self.graphs)
+        backend.attach([g for g in self.graphs if g.forward is None])  # backwards: at their first call
         token = _RUNNING.set(backend)
         try:
-            with torch.compiler.set_stance("fail_on_recompile"):
+            with torch.compiler.set_stance("fail_on_recompile"):  # if Dynamo disagrees: no trace of its own
                 return self.fn(step, *inputs)
         except RuntimeError as e:
-            if "fail_on_recompile" in str(e):  # Dynamo's guards rejected the trace before it ran
+            if "fail_on_recompile" in str(e):  # rejected before anything ran
+                backend.detach(self.graphs)
                 return MISS
             raise
         finally:
             _RUNNING.reset(token)
+
+
+class TracedStep:
+    """``step(*inputs)`` with `backend`'s code: through `capture`'s Dynamo and AOTAutograd trace
+    while Dynamo's guards accept it (above), else, from the first call
+    they reject on, through a trace of its own (``torch.compile``, which recompiles as usual)."""
+
+    def __init__(self, step, backend, capture):
+        self.step, self.backend = step, backend
+        self.trace = getattr(capture, "trace", None)
+        self.compiled = None
+
+    @property
+    def shares_trace(self) -> bool:
+        return self.trace is not None
+
+    def __call__(self, *inputs):
+        if self.trace is not None:
+            out = self.trace.run(self.step, self.backend, inputs)
+            if out is not MISS:
+                return out
+            self.trace = None
+        if self.compiled is None:
+            from .capture import fresh_entry  # (capture imports this module)
+
+            self.compiled = torch.compile(fresh_entry(self.step), backend=self.backend, dynamic=False)
+        return self.compiled(*inputs)

@@ -34,6 +34,10 @@ def test_a_reprofile_takes_the_steps_back_and_replans_fusionlab():
     keep = KeptSteps()
     first = _profile(zm, plan, keep)
     assert not _kept_note(first)
+    # unfused and fusionlab ran the capture's trace, each with its own code (fusionlab.shared_trace)
+    assert any(n.startswith("unfused, fusionlab: the first step ran the capture's") for n in first.notes), first.notes
+    for name in ("unfused", "fusionlab", "inductor"):
+        torch.testing.assert_close(first.variant(name).losses, first.variant("eager").losses, rtol=1e-4, atol=1e-5)
     dropped = plan.selected[0].id
     second = _profile(zm, plan.deselect(dropped), keep)
     note = _kept_note(second)

@@ -57,7 +57,7 @@ def test_a_fused_step_runs_the_captures_trace_on_its_own_model():
     model = _perturbed(zm.model)
     fused = plan.compile(model, executor=InductorGraphExecutor())
     _assert_step(fused, model, zm)
-    assert fused.shares_trace and fused._compiled is None  # no trace of its own
+    assert fused.shares_trace and fused._run.compiled is None  # no trace of its own
     assert len(fused.report.used) == len(plan.selected)
     # the Triton path too (fusionlab's own kernels, in the interpreter on a CPU)
     tri = plan.compile(_perturbed(zm.model))
@@ -73,11 +73,18 @@ def test_each_backward_runs_the_code_of_its_own_forward():
     plan = plan_for(cap, "all")
     steps = [plan.compile(_perturbed(zm.model), executor=InductorGraphExecutor()) for _ in range(2)]
     ran = {}
+
+    def counted(fn, i):
+        def call(args):
+            ran.setdefault(i, []).append(1)
+            return fn(args)
+        return call
+
     bw = cap.trace.graphs[1]
     for i, s in enumerate(steps):
         s.backend.attach(cap.trace.graphs)
         slot = s.backend.attached(bw)
-        slot.fn = (lambda fn, i: lambda args: ran.setdefault(i, []).append(1) or fn(args))(slot.fn, i)
+        slot.fn = counted(slot.fn, i)
     refs = [copy.deepcopy(s.model) for s in steps]
     losses = [s(*zm.inputs) for s in steps]
     losses[1].backward()  # the second step's backward first
@@ -102,7 +109,7 @@ def test_a_step_the_trace_does_not_fit_traces_for_itself_before_anything_ran():
     other = zoo.get("cnn-bn", batch=3).inputs  # another batch size: Dynamo's guards reject the trace
     model.zero_grad(set_to_none=True)
     _assert_step(fused, model, zm, other)
-    assert not fused.shares_trace and fused._compiled is not None
+    assert not fused.shares_trace and fused._run.compiled is not None
     assert fused.report.graphs[-2:] == ["fw0", "bw0"]  # compiled again for the new shapes
 
     torch._dynamo.reset()  # Dynamo forgot the capture's trace: a new step traces for itself

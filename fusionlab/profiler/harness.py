@@ -115,6 +115,16 @@ class Variant:
         return clock[0].elapsed_time(clock[1]) / 1e3
 
 
+def trace_notes(live: list[Variant], plan) -> list[str]:
+    """Which first steps ran the capture's trace instead of tracing the step themselves."""
+    shared = [v.name for v in live if getattr(v.fn, "shares_trace", False)]
+    if not shared:
+        return []
+    tc = " (torch.compile's first step includes its own)" if any(v.name == "inductor" for v in live) else ""
+    return [f"{', '.join(shared)}: the first step ran the capture's Dynamo and AOTAutograd trace (made once by "
+            f"fusionlab.capture in {plan.capture.seconds:.1f} s, not in these first-step times){tc}"]
+
+
 def device_of(model, inputs) -> torch.device:
     for x in inputs:
         if isinstance(x, torch.Tensor):

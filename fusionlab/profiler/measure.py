@@ -46,6 +46,7 @@ from .harness import (
     fresh_step,
     make_optimizer,
     reference_variants,
+    trace_notes,
 )
 from .kept import kept_notes
 from .results import ProfileResult, variant_verdict
@@ -106,7 +107,7 @@ def profile(
             variants += reference_variants(variants, model, inputs, plan, loss_fn, optimizer, lr, dev, notes)
         timer = Timer(cuda)
         live = _first_steps(variants, timer, verbose)
-        notes += _backend_notes(live) + kept_notes(variants)
+        notes += _backend_notes(live) + kept_notes(variants) + trace_notes(live, plan)
         if keep is not None:
             for v in variants:
                 keep.put(getattr(v, "keep_key", None), model, v)
@@ -180,6 +181,7 @@ def _build_variants(compare, model, inputs, plan, loss_fn, optimizer, lr, execut
 def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool) -> None:
     """Set `v.fn`: eager runs `step` as it is, the others through torch.compile."""
     from ..backend import make_backend
+    from ..shared_trace import TracedStep
 
     if v.name == "eager":
         v.fn, v.result.executor = step, "PyTorch eager (ATen)"
@@ -211,7 +213,7 @@ def _give_step(v: Variant, step, plan, executor, executor_name: str, cuda: bool)
         else:
             v.result.executor = "captured ATen graphs, op by op"
         v.backend = make_backend(nothing, executor=v.executor)
-    v.fn = torch.compile(step, backend=v.backend, dynamic=False)
+    v.fn = TracedStep(step, v.backend, plan.capture)  # the capture's trace, where Dynamo's guards accept it
 
 
 def _first_steps(variants: list[Variant], timer: Timer, verbose: bool) -> list[Variant]:
