@@ -44,7 +44,8 @@ def test_cuts_fall_only_where_no_group_spans():
     names = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     groups = [names[3:11], names[20:24]]  # two made-up candidates
     cuts = pieces.cut(gm, groups, _compute(gm), per_piece=5)
-    assert len(cuts) >= 3 and sum(cuts, []) == names  # every node once, in order
+    assert len(cuts) >= 3 and sorted(sum(cuts, [])) == sorted(names)  # every node once
+    _assert_runnable(gm, sum(cuts, []))
     where = {n: i for i, piece in enumerate(cuts) for n in piece}
     for g in groups:
         assert len({where[n] for n in g}) == 1, g
@@ -54,6 +55,43 @@ def test_cuts_fall_only_where_no_group_spans():
                 assert where[u.name] == where[n.name]
     # a graph small for its piece size, or one that mutates in place, stays whole
     assert pieces.cut(gm, groups, _compute(gm), per_piece=1000) == [names]
+
+
+def _assert_runnable(gm, order):
+    where = {name: i for i, name in enumerate(order)}
+    for n in gm.graph.nodes:
+        for x in n.all_input_nodes:
+            if n.name in where and x.name in where:
+                assert where[x.name] < where[n.name], (x.name, n.name)
+
+
+def _spread(x, y):
+    bias = torch.full((4, 4), 0.5)  # made first, read last
+    a = torch.sin(x)
+    kx = x.clone()
+    b = torch.cos(y) @ y.t()  # unrelated work between the members of each group
+    c = torch.exp(a)
+    ky = (b + 1).clone()
+    return ((c + kx).sum() + (ky * bias).sum(),)
+
+
+def test_the_cut_order_keeps_each_candidate_together():
+    gm = make_fx(_spread)(torch.randn(4, 8), torch.randn(4, 8))
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    names = [n.name for n in nodes]
+    by_target = {}
+    for n in nodes:
+        by_target.setdefault(str(n.target), []).append(n.name)
+    sin, exp = by_target["aten.sin.default"][0], by_target["aten.exp.default"][0]
+    full, clones = by_target["aten.full.default"][0], by_target["aten.clone.default"]
+    mul = by_target["aten.mul.Tensor"][0]
+    groups = [[sin, exp], clones, [full, mul]]  # vertical, horizontal, a constant and its reader
+    assert all(abs(names.index(g[0]) - names.index(g[-1])) > 1 for g in groups)  # apart in the graph's order
+    order = pieces.grouped_order(nodes, groups)
+    assert sorted(order) == sorted(names)
+    _assert_runnable(gm, order)
+    for g in groups:
+        assert abs(order.index(g[0]) - order.index(g[-1])) == 1, (g, order)
 
 
 def test_pieces_run_as_the_whole_graph():

@@ -70,9 +70,10 @@ def cut(gm: torch.fx.GraphModule, groups, compute: set[str], per_piece: int | No
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     names = [n.name for n in nodes]
     total = sum(1 for n in names if n in compute)
-    (result,) = next(n for n in gm.graph.nodes if n.op == "output").args
+    (result,) = gm.graph.output_node().args
     if total < 2 * per_piece or any(_mutates(n) for n in nodes) or not isinstance(result, (tuple, list)):
         return [names]
+    names = grouped_order(nodes, groups)
     order = {n: i for i, n in enumerate(names)}
     blocked = [False] * (len(names) + 1)  # blocked[i]: no cut between node i-1 and node i
     for lo, hi in _spans(order, nodes, groups):
@@ -87,6 +88,49 @@ def cut(gm: torch.fx.GraphModule, groups, compute: set[str], per_piece: int | No
         count += name in compute
     pieces.append(names[start:])
     return pieces
+
+
+def grouped_order(nodes: list[torch.fx.Node], groups) -> list[str]:
+    """The nodes' names in an order that keeps each candidate's members close together.
+
+    A graph's order is the order of the Python that was traced, so a candidate's members can lie
+    far apart with unrelated ops between them (an embedding's layer norm around the attention
+    mask's construction; two copies, for keys and values, around the attention scores), and no
+    cut may fall in that span. For each candidate, in order: each member moves down to just
+    before its first reader if that is later (a constant made early and read late), then each
+    member after the first moves up to just after its last input or the member before it,
+    whichever is later; last, every getitem moves up to just after its op. Nodes move only past
+    nodes they neither read nor are read by, so the order is still one the graph can run in (or
+    the graph's own order is returned)."""
+    names = [n.name for n in nodes]
+    by_name = {n.name: n for n in nodes}
+    ins = {n.name: [x.name for x in n.all_input_nodes if x.name in by_name] for n in nodes}
+    outs = {n.name: [u.name for u in n.users if u.name in by_name] for n in nodes}
+
+    def move(name: str, to: int) -> None:
+        names.remove(name)
+        names.insert(to, name)
+
+    for members in groups:
+        ms = [m for m in members if m in by_name]
+        for m in sorted(ms, key=names.index, reverse=True):  # down, toward the first reader
+            readers = [names.index(u) for u in outs[m]]
+            if readers and min(readers) - 1 > names.index(m):
+                move(m, min(readers) - 1)
+        ms.sort(key=names.index)
+        for prev, m in zip(ms, ms[1:]):  # up, toward the member before
+            at = max([names.index(prev)] + [names.index(x) for x in ins[m]]) + 1
+            if at < names.index(m):
+                move(m, at)
+    for n in nodes:
+        if n.target is operator.getitem and n.name in ins and ins[n.name]:
+            at = names.index(ins[n.name][0]) + 1
+            if at < names.index(n.name):
+                move(n.name, at)
+    where = {name: i for i, name in enumerate(names)}
+    if any(where[x] > where[name] for name in names for x in ins[name]):  # not expected; the graph's order then
+        return [n.name for n in nodes]
+    return names
 
 
 def _mutates(n: torch.fx.Node) -> bool:
