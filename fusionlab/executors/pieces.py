@@ -20,9 +20,10 @@ value after its last reader.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx
@@ -34,12 +35,27 @@ PIECE_OPS = int(os.environ.get("FUSIONLAB_PIECE_OPS", "16"))
 
 @dataclass
 class Piece:
-    """Consecutive nodes of a graph, as a graph of their own."""
+    """Consecutive nodes of a graph, as a graph of their own (built when first asked for: a
+    piece compiled before needs none)."""
 
-    gm: torch.fx.GraphModule
     inputs: list[str]  # the values it reads (graph inputs or earlier pieces' outputs), in placeholder order
     outputs: list[str]  # the values it computes that a later piece or the graph's output reads
     nodes: list[str]  # the nodes it computes (names as in the whole graph)
+    whole: torch.fx.GraphModule = field(repr=False, default=None)  # the graph it is cut from
+
+    @functools.cached_property
+    def gm(self) -> torch.fx.GraphModule:
+        by_name = {n.name: n for n in self.whole.graph.nodes}
+        g = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        for name in self.inputs:
+            x = by_name[name]
+            env[x] = g.placeholder(x.name)
+            env[x].meta = {k: x.meta[k] for k in ("val", "tensor_meta") if k in x.meta}
+        for name in self.nodes:
+            env[by_name[name]] = g.node_copy(by_name[name], env.__getitem__)
+        g.output(tuple(env[by_name[name]] for name in self.outputs))
+        return torch.fx.GraphModule(self.whole, g)
 
 
 def _spans(order: dict[str, int], nodes: list[torch.fx.Node], groups) -> list[tuple[int, int]]:
@@ -139,29 +155,20 @@ def _mutates(n: torch.fx.Node) -> bool:
 
 
 def split(gm: torch.fx.GraphModule, pieces: list[list[str]]) -> list[Piece]:
-    """Each list of node names as a GraphModule reading what it needs by placeholder."""
+    """Each list of node names as a piece reading what it needs by placeholder."""
     by_name = {n.name: n for n in gm.graph.nodes}
     piece_of = {name: i for i, names in enumerate(pieces) for name in names}
-    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output = gm.graph.output_node()
     out = []
     for i, names in enumerate(pieces):
-        g = torch.fx.Graph()
-        env: dict[torch.fx.Node, torch.fx.Node] = {}
-        inputs: list[str] = []
-
+        mine, inputs = set(names), []
         for name in names:
-            n = by_name[name]
-            for x in n.all_input_nodes:
-                if x not in env:  # a graph input or an earlier piece's value
-                    p = g.placeholder(x.name)
-                    p.meta = {k: x.meta[k] for k in ("val", "tensor_meta") if k in x.meta}
-                    env[x] = p
+            for x in by_name[name].all_input_nodes:  # a graph input or an earlier piece's value
+                if x.name not in mine and x.name not in inputs:
                     inputs.append(x.name)
-            env[n] = g.node_copy(n, env.__getitem__)
         outputs = [name for name in names
                    if any(u is output or piece_of.get(u.name, i) > i for u in by_name[name].users)]
-        g.output(tuple(env[by_name[name]] for name in outputs))
-        out.append(Piece(torch.fx.GraphModule(gm, g), inputs, outputs, list(names)))
+        out.append(Piece(inputs, outputs, list(names), gm))
     return out
 
 

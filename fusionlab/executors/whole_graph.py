@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -94,6 +96,8 @@ class InductorGraphExecutor(InductorGroupExecutor):
         self.compile_unselected = compile_unselected
         self.graphs: list[CompiledGraph] = []
         self.in_pieces = in_pieces  # large graphs compiled as a few pieces (see compile_graph)
+        # graph as handed over -> {what decides a piece's code: (compiled, loops, part, source, strides)}
+        self._pieces_done: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<InductorGraphExecutor: {len(self.graphs)} graphs, {len(self.groups)} groups compiled>"
@@ -123,6 +127,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
         compiled as a few pieces cut where no candidate spans (:mod:`.pieces`), so a toggle
         lowers only the piece holding the group it changed.
         """
+        done = self._pieces_done.setdefault(gm, {})
         # a copy: Inductor's passes change the graph they compile, and the backend's fallback
         # (calling the separately compiled groups) needs `gm` as it came
         gm = torch.fx.GraphModule(gm, copy_graph(gm.graph))
@@ -138,7 +143,8 @@ class InductorGraphExecutor(InductorGroupExecutor):
         parts = None
         if len(cuts) > 1:
             try:
-                compiled, loops, parts, source = self._compile_pieces(gm, example_inputs, cuts, group_of, as_eager)
+                compiled, loops, parts, source = self._compile_pieces(gm, example_inputs, cuts, group_of, as_eager,
+                                                                      done)
             except PieceStrideError:  # never seen: compiled whole, as a small graph is
                 parts = None
         if parts is None:
@@ -153,8 +159,12 @@ class InductorGraphExecutor(InductorGroupExecutor):
                                          parts))
         return compiled
 
-    def _compile_pieces(self, gm, example_inputs, cuts, group_of, as_eager):
-        """Each piece compiled under its part of the policy; (one callable, loops, parts, source)."""
+    def _compile_pieces(self, gm, example_inputs, cuts, group_of, as_eager, done: dict):
+        """Each piece compiled under its part of the policy; (one callable, loops, parts, source).
+
+        `done`: the pieces of this graph compiled before in this process, by what decides their
+        code; one found there is taken as it is (after a toggle, every piece but the toggled
+        group's), without even the FX graph cache's lookup (hashing a piece's graph: about 60 ms)."""
         from torch._inductor import config as iconfig
 
         parts_gm = pieces.split(gm, cuts)
@@ -169,20 +179,30 @@ class InductorGraphExecutor(InductorGroupExecutor):
                 if reported is not None:
                     ctx.output_strides = []
                 mine = set(p.nodes)
-                policy = policy_for(p.gm, {n: g for n, g in group_of.items() if n in mine},
-                                    as_eager=as_eager & mine, eager_outside_groups=self.eager_outside_groups,
-                                    kernel_profile=self.kernel_profile)
+                groups = {n: g for n, g in group_of.items() if n in mine}
                 examples = [given[x] for x in p.inputs]
-                # no size/stride assert on each piece's inputs (about 1.5 us an input, every
-                # step): a graph input's are Dynamo's guards, and every piece's outputs are
-                # checked below, once, to have the strides the next piece was compiled for
-                with iconfig.patch(size_asserts=False):
-                    compiled, piece_loops, part, source = _compile_part(p.gm, examples, policy)
-                _check_strides(compiled, p, given)
-                if reported is not None:
-                    strides.update(zip(p.outputs, ctx.output_strides))
+                key = (tuple(p.nodes), tuple(sorted(groups.items())), tuple(sorted(as_eager & mine)),
+                       self.eager_outside_groups, self.kernel_profile, _metas(examples), iconfig.get_hash(),
+                       torch.get_num_threads())
+                if key in done:
+                    compiled, piece_loops, part, source, out_strides = done[key]
+                    part = dataclasses.replace(part, cached=True)
+                else:
+                    policy = policy_for(p.gm, groups, as_eager=as_eager & mine,
+                                        eager_outside_groups=self.eager_outside_groups,
+                                        kernel_profile=self.kernel_profile)
+                    # no size/stride assert on each piece's inputs (about 1.5 us an input, every
+                    # step): a graph input's are Dynamo's guards, and every piece's outputs are
+                    # checked below, once, to have the strides the next piece was compiled for
+                    with iconfig.patch(size_asserts=False):
+                        compiled, piece_loops, part, source = _compile_part(p.gm, examples, policy)
+                    _check_strides(compiled, p, given)
+                    out_strides = list(ctx.output_strides) if reported is not None else None
+                    done[key] = (compiled, piece_loops, part, source, out_strides)
+                if out_strides is not None:
+                    strides.update(zip(p.outputs, out_strides))
                 fns.append(compiled)
-                loops += piece_loops
+                loops += list(piece_loops)
                 sources.append(source)
                 parts.append(part)
         finally:
@@ -195,6 +215,11 @@ class InductorGraphExecutor(InductorGroupExecutor):
                 reported.append(strides[r.name] if isinstance(r, torch.fx.Node) and r.name in strides else
                                 tuple(val.stride()) if isinstance(val, torch.Tensor) else None)
         return pieces.PiecewiseCall(gm, parts_gm, fns), loops, parts, "\n".join(sources)
+
+
+def _metas(values) -> tuple:
+    return tuple((tuple(v.shape), tuple(v.stride()), v.dtype, v.device.type) if isinstance(v, torch.Tensor)
+                 else repr(v) for v in values)
 
 
 def _compile_part(gm, example_inputs, policy):
