@@ -11,8 +11,9 @@ so the capture keeps its trace: a :class:`SharedTrace`, whose ATen graphs are ea
   same structure passes its guards). Each SharedGraph runs the code the step's backend
   compiled for it (``backend.attach``: the forward before the step runs, the backward at its
   first call, as AOTAutograd compiles a backward).
-- A backward runs the code of the step whose forward produced the tensors it was handed; the
-  forward remembers its outputs' storages for that (the last few forwards).
+- A backward runs the code of the step whose forward produced the tensors it was handed: each
+  forward remembers where one activation it saves lies (the last few forwards), and the
+  backward finds its step by that activation's data pointer (else the latest forward's).
 
 When Dynamo's guards reject the trace (another model class, another input shape or dtype, a
 dropout in eval mode), :meth:`SharedTrace.run` returns :data:`MISS` before anything ran or was
@@ -37,9 +38,19 @@ _RUNNING = contextvars.ContextVar("fusionlab_fused_step", default=None)  # the b
 _REMEMBERED = 4  # forwards whose outputs a backward can be matched to
 
 
-def _storages(tensors) -> set[int]:
-    return {t.untyped_storage().data_ptr() for t in tensors
-            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().nbytes()}
+def _saved_pair(fw: torch.fx.GraphModule, bw: torch.fx.GraphModule) -> tuple[int, int] | None:
+    """(its place among the forward's outputs, among the backward's inputs) of one value the forward
+    computes and saves for the backward (AOTAutograd names the backward's inputs after them)."""
+    reads = {n.name: i for i, n in enumerate(n for n in bw.graph.nodes if n.op == "placeholder")}
+    for k, a in enumerate(fw.graph.output_node().args[0]):
+        if isinstance(a, torch.fx.Node) and a.op != "placeholder" and a.name in reads:
+            return k, reads[a.name]
+    return None
+
+
+def _pointer(values, at: int | None) -> int | None:
+    v = values[at] if at is not None and at < len(values) else None
+    return v.data_ptr() if isinstance(v, torch.Tensor) else None
 
 
 class SharedGraph:
@@ -49,7 +60,10 @@ class SharedGraph:
         self.ref, self.example = ref, example  # the captured graph; AOTAutograd's (fake) example inputs
         self.forward = forward  # a backward's forward graph: its outputs say whose backward this is
         self._boxed_call = True
-        self._recent: collections.deque = collections.deque(maxlen=_REMEMBERED)  # (storages, backend ref)
+        self._recent: collections.deque = collections.deque(maxlen=_REMEMBERED)  # (data pointer, backend ref)
+        self._saved_at = self._read_at = None  # a forward's output, its backward's input: the same tensor
+        if forward is not None:
+            forward._saved_at, self._read_at = _saved_pair(forward.gm, self.gm) or (None, None)
 
     @property
     def gm(self) -> torch.fx.GraphModule:
@@ -58,10 +72,10 @@ class SharedGraph:
     def _backend(self, args):
         if self.forward is None:
             return _RUNNING.get()
-        found = _storages(args)
+        found = _pointer(args, self._read_at)
         recent = list(self.forward._recent)
-        for storages, ref in reversed(recent):
-            if storages & found:
+        for pointer, ref in reversed(recent):
+            if found is not None and pointer == found:
                 return ref()
         return recent[-1][1]() if recent else None
 
@@ -76,9 +90,8 @@ class SharedGraph:
             return self.gm(*values)
         if self.ref.kind != "forward":
             return fn(args)
-        inputs = _storages(args)
         out = fn(args)
-        self._recent.append((_storages(out) - inputs, weakref.ref(backend)))
+        self._recent.append((_pointer(out, self._saved_at), weakref.ref(backend)))
         return out
 
 
@@ -101,10 +114,11 @@ class SharedTrace:
         except Exception:  # noqa: BLE001 - private API; without it every step traces for itself
             return False
 
-    def run(self, step, backend, inputs):
+    def run(self, step, backend, inputs, first: bool = True):
         """``step(*inputs)`` through this trace with `backend`'s code, or MISS (nothing ran, and
-        `backend` compiled nothing for it)."""
-        if not self.fits(step, inputs):
+        `backend` compiled nothing for it). A `first` run checks Dynamo's guards before `backend`
+        compiles anything; later runs leave that to Dynamo (about 0.2 ms a step saved)."""
+        if first and not self.fits(step, inputs):
             return MISS
         backend.attach([g for g in self.graphs if g.forward is None])  # backwards: at their first call
         token = _RUNNING.set(backend)
@@ -129,6 +143,7 @@ class TracedStep:
         self.step, self.backend = step, backend
         self.trace = getattr(capture, "trace", None)
         self.compiled = None
+        self.ran = False  # through the trace, once
 
     @property
     def shares_trace(self) -> bool:
@@ -136,8 +151,9 @@ class TracedStep:
 
     def __call__(self, *inputs):
         if self.trace is not None:
-            out = self.trace.run(self.step, self.backend, inputs)
+            out = self.trace.run(self.step, self.backend, inputs, first=not self.ran)
             if out is not MISS:
+                self.ran = True
                 return out
             self.trace = None
         if self.compiled is None:
