@@ -120,14 +120,16 @@ class SharedTrace:
         compiles anything; later runs leave that to Dynamo (about 0.2 ms a step saved)."""
         if first and not self.fits(step, inputs):
             return MISS
-        backend.attach([g for g in self.graphs if g.forward is None])  # backwards: at their first call
+        new = [g for g in self.graphs if g.forward is None and backend.attached(g) is None]
+        backend.attach(new)  # backwards: at their first call
         token = _RUNNING.set(backend)
         try:
             with torch.compiler.set_stance("fail_on_recompile"):  # if Dynamo disagrees: no trace of its own
                 return self.fn(step, *inputs)
         except RuntimeError as e:
             if "fail_on_recompile" in str(e):  # rejected before anything ran
-                backend.detach(self.graphs)
+                if new:  # what this run compiled for nothing (graphs run before stay in the report)
+                    backend.detach(new)
                 return MISS
             raise
         finally:
