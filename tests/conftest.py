@@ -17,13 +17,20 @@ measuring on until a verdict is decided) unless a test passes ``budget_s`` itsel
 tests/test_profile_verdicts.py does.
 
 fusionlab's disk cache (inspect reports, group checks, loop listings, generated modules) is a
-fresh temporary folder per test process, so no test reads what an earlier run or the user
-left there (``FUSIONLAB_TEST_CACHE_DIR`` names a folder to keep instead).
+fresh temporary folder per test process, removed when the process ends, so no test reads what
+an earlier run or the user left there (``FUSIONLAB_TEST_CACHE_DIR`` names a folder to keep
+instead).
+
+``ipython_shell`` is the one IPython shell of the test process (IPython's test shell can be
+started once a process: a second ``globalipapp.get_ipython`` bound before the first call ran
+returns None, so every test that needs a shell takes it from here).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -32,8 +39,21 @@ import fusionlab as fl  # noqa: I001  (imported before anything imports triton)
 from fusionlab import zoo
 
 os.environ.setdefault("FUSIONLAB_PROFILE_BUDGET", "0")
-os.environ["FUSIONLAB_CACHE_DIR"] = os.environ.get("FUSIONLAB_TEST_CACHE_DIR") or tempfile.mkdtemp(
-    prefix="fusionlab-test-cache-")
+if os.environ.get("FUSIONLAB_TEST_CACHE_DIR"):
+    os.environ["FUSIONLAB_CACHE_DIR"] = os.environ["FUSIONLAB_TEST_CACHE_DIR"]
+else:
+    os.environ["FUSIONLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusionlab-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FUSIONLAB_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ipython_shell():
+    """The process's IPython test shell (started by whichever test asks first)."""
+    pytest.importorskip("IPython")
+    from IPython.testing import globalipapp
+
+    globalipapp.start_ipython()  # once a process; later calls return None
+    return globalipapp.get_ipython()  # after the start, the started shell
 
 
 @pytest.fixture

@@ -193,11 +193,8 @@ def test_the_same_block_in_two_layers_is_measured_once(zoo_plan, tmp_path, monke
     assert f"(= {first.candidate})" in measure_candidates(plan, twins, rounds=8, progress=False).table()
 
 
-def test_magic_prints_the_diff(capsys):
-    pytest.importorskip("IPython")
-    from IPython.testing.globalipapp import get_ipython
-
-    ip = get_ipython()
+def test_magic_prints_the_diff(capsys, ipython_shell):
+    ip = ipython_shell
     fl.load_ipython_extension(ip)
     ip.run_line_magic("fusionlab", "inductor zoo:mlp")
     out = capsys.readouterr().out

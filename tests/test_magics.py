@@ -6,8 +6,6 @@ import pytest
 
 pytest.importorskip("IPython")
 
-from IPython.testing.globalipapp import get_ipython  # noqa: E402
-
 import fusionlab  # noqa: E402
 from fusionlab import zoo  # noqa: E402
 from fusionlab.magics import USAGE, CellTiming, KernelTable  # noqa: E402
@@ -15,8 +13,8 @@ from fusionlab.profiler import ProfileResult  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ip():
-    shell = get_ipython()
+def ip(ipython_shell):
+    shell = ipython_shell
     fusionlab.load_ipython_extension(shell)
     fusionlab.load_ipython_extension(shell)  # loading twice is harmless
     return shell
