@@ -89,6 +89,13 @@ def test_binder_environment_runs_notebook_1(tmp_path):
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, repo / f)
     venv = tmp_path / "venv"
+    try:
+        _install_and_run_notebook_1(tmp_path, repo, venv)
+    finally:  # the venv is gigabytes (torch, triton, JupyterLab): a disk of test runs fills up
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def _install_and_run_notebook_1(tmp_path: Path, repo: Path, venv: Path) -> None:
     base = getattr(sys, "_base_executable", sys.executable)
     _run([base, "-m", "venv", str(venv)], os.environ.copy(), tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}

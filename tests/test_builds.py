@@ -143,3 +143,29 @@ def test_a_torch_without_the_internals_builds_inductors_way(monkeypatch):
     monkeypatch.setattr(builds, "_missing_internals", lambda: ["AsyncCompile.wait"])
     _bundle_equals_eager([_a, _b, _c])
     assert _index() == {}  # Inductor's builds, nothing of fusionlab's
+
+
+def _linked_by_gold(path: str) -> bool:
+    return b".note.gnu.gold-version" in open(path, "rb").read()
+
+
+@pytest.mark.skipif(builds.link_flags() == (), reason="no GNU gold here (ld.gold), or not Linux")
+def test_libraries_are_linked_by_gold_where_there_is_one():
+    _bundle_equals_eager([_a, _b, _c])
+    where = _index()
+    assert where and all(_linked_by_gold(w["path"]) for w in where.values())
+
+
+def test_a_linker_that_cannot_link_costs_a_build_not_a_library(monkeypatch):
+    monkeypatch.setattr(builds, "_gold_failed", False)
+    monkeypatch.setattr(builds, "link_flags", lambda: () if builds._gold_failed else ("-fuse-ld=no-such-linker",))
+    _bundle_equals_eager([_a, _b, _c])  # built again with the default linker, and right
+    assert builds._gold_failed  # and the default linker from then on
+    assert len({w["path"] for w in _index().values()}) == 1  # still one library
+
+
+def test_code_that_does_not_build_leaves_the_linker_alone(monkeypatch):
+    monkeypatch.setattr(builds, "_gold_failed", False)
+    out = builds._one_by_one([("bad", ["float*"], 'extern "C" void kernel(float* x) { this is not C++; }')])
+    assert isinstance(out["bad"], Exception)  # its error, for where it is called
+    assert not builds._gold_failed
