@@ -13,8 +13,11 @@ that start without the interpreter.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
+import threading
 import warnings
 
 FUSIONLAB_DEBUG = int(os.environ.get("FUSIONLAB_DEBUG", "0") or 0)
@@ -126,3 +129,33 @@ def debug(level: int, *msg: object) -> None:
     """Print ``msg`` when ``FUSIONLAB_DEBUG >= level`` (1: stages, 2: decisions, 3: code)."""
     if FUSIONLAB_DEBUG >= level:
         print("[fusionlab]", *msg, file=sys.stderr)
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # open gc_paused() blocks, all threads
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off inside (as torch.distributed's state-dict code does).
+
+    A process that has traced and compiled a model holds millions of long-lived objects, and a
+    full collection walks them all: 0.3 s here on the Llama block, 0.8 s of the 1.1 s of
+    collections in a warm start, set off by the allocations of lowering and compiling. Inside,
+    nothing is collected; objects are still freed when their last reference goes, and cycles
+    made inside are collected after, as usual. Nested and concurrent blocks pause it once; a
+    collector the process had turned off stays off."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()

@@ -203,7 +203,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
             graphs = getattr(executor, "graphs", None)
             before = len(graphs) if graphs is not None else 0
             mark = (len(report.kernels), len(report.fallbacks))
-            with tracing_for(slot.example) as ctx:
+            with tracing_for(slot.example) as ctx, _env.gc_paused():
                 fn = compile_one(slot.kind, slot.gm, slot.example, slot.ref, wanted)
                 reported = getattr(ctx, "output_strides", None)
                 slot.out_strides = list(reported) if reported else None
@@ -278,8 +278,9 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         report.kernels, report.fallbacks, report.loops, report.graphs = [], [], {}, []
         if getattr(executor, "graphs", None) is not None:
             executor.graphs.clear()
-        for slot in slots:
-            fill(slot)
+        with _env.gc_paused():
+            for slot in slots:
+                fill(slot)
 
     mine: dict[int, Slot] = {}  # id(SharedGraph) -> its slot here
 
@@ -290,7 +291,7 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
             if id(g) not in mine:
                 gm = torch.fx.GraphModule(g.gm, copy_graph(g.gm.graph))  # the capture's graph stays as it is
                 slot = Slot(g.ref.kind, gm, g.example, g.ref)
-                slot.forward = _forward_of(slot)
+                slot.forward = mine.get(id(g.forward)) if g.forward is not None else None  # attached first
                 fill(slot)
                 slots.append(slot)
                 mine[id(g)] = slot

@@ -120,8 +120,10 @@ class SharedTrace:
         compiles anything; later runs leave that to Dynamo (about 0.2 ms a step saved)."""
         if first and not self.fits(step, inputs):
             return MISS
-        new = [g for g in self.graphs if g.forward is None and backend.attached(g) is None]
-        backend.attach(new)  # backwards: at their first call
+        # forwards: attached on the first run, and kept (a later run Dynamo rejects detaches
+        # nothing: the graphs earlier runs ran stay in the report); backwards: at their first call
+        new = [g for g in self.graphs if g.forward is None and backend.attached(g) is None] if first else []
+        backend.attach(new)
         token = _RUNNING.set(backend)
         try:
             with torch.compiler.set_stance("fail_on_recompile"):  # if Dynamo disagrees: no trace of its own

@@ -18,6 +18,7 @@ eager's error at every step (fused vs eager 3.5e-7).
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -215,3 +216,24 @@ def test_candidate_the_codegen_cannot_handle_is_reported_and_left_unfused(monkey
     refused = [st for st in fused.report.failed if "log_softmax" in st.candidate]
     assert refused and all(st.reason.startswith("codegen: pretend") for st in refused), str(fused.report)
     assert fused.report.used  # the others still run as kernels
+
+
+def test_gc_paused_nests_and_leaves_the_collector_as_it_found_it():
+    from fusionlab._env import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gc_paused():
+            assert not gc.isenabled()
+            with gc_paused():
+                assert not gc.isenabled()
+            assert not gc.isenabled()  # the inner block's end does not turn it back on
+            raise RuntimeError("an error inside")
+    assert gc.isenabled()
+    gc.disable()  # a process that runs with the collector off keeps it off
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -8,6 +8,7 @@ Each test that compiles runs against empty caches of its own (tests/conftest.py)
 from __future__ import annotations
 
 import copy
+import gc
 import operator
 
 import pytest
@@ -171,10 +172,15 @@ def test_a_toggle_relowers_only_the_piece_it_changed(block, monkeypatch):
 def test_replan_matches_a_fresh_compile_and_refuses_another_capture(block):
     zm, cap = block
     plan = plan_for(cap, "all")
-    fused = plan.compile(copy.deepcopy(zm.model), executor=InductorGraphExecutor())
+    ex = InductorGraphExecutor()
+    collector_on, compile_graph = [], ex.compile_graph
+    ex.compile_graph = lambda *a, **k: (collector_on.append(gc.isenabled()), compile_graph(*a, **k))[1]
+    fused = plan.compile(copy.deepcopy(zm.model), executor=ex)
     fused(*zm.inputs).backward()
     fw = next(c for c in plan.selected if c.graph.startswith("fw"))
     fused.replan(plan.deselect(fw.id))
+    # every compile ran with the cyclic garbage collector paused (_env.gc_paused), and it is back on
+    assert len(collector_on) >= 3 and not any(collector_on) and gc.isenabled()
     fresh = plan.compile(copy.deepcopy(zm.model), executor=InductorGraphExecutor())
     a, b = fused(*zm.inputs), fresh(*zm.inputs)
     torch.testing.assert_close(a, b)

@@ -122,29 +122,31 @@ def grouped_order(nodes: list[torch.fx.Node], groups) -> list[str]:
     by_name = {n.name: n for n in nodes}
     ins = {n.name: [x.name for x in n.all_input_nodes if x.name in by_name] for n in nodes}
     outs = {n.name: [u.name for u in n.users if u.name in by_name] for n in nodes}
+    pos = {name: i for i, name in enumerate(names)}  # kept up to date by `move`
 
     def move(name: str, to: int) -> None:
-        names.remove(name)
-        names.insert(to, name)
+        i = pos[name]
+        names.insert(to, names.pop(i))
+        for k in range(min(i, to), max(i, to) + 1):
+            pos[names[k]] = k
 
     for members in groups:
         ms = [m for m in members if m in by_name]
-        for m in sorted(ms, key=names.index, reverse=True):  # down, toward the first reader
-            readers = [names.index(u) for u in outs[m]]
-            if readers and min(readers) - 1 > names.index(m):
-                move(m, min(readers) - 1)
-        ms.sort(key=names.index)
+        for m in sorted(ms, key=pos.__getitem__, reverse=True):  # down, toward the first reader
+            first_reader = min((pos[u] for u in outs[m]), default=-1)
+            if first_reader - 1 > pos[m]:
+                move(m, first_reader - 1)
+        ms.sort(key=pos.__getitem__)
         for prev, m in zip(ms, ms[1:]):  # up, toward the member before
-            at = max([names.index(prev)] + [names.index(x) for x in ins[m]]) + 1
-            if at < names.index(m):
+            at = max([pos[prev]] + [pos[x] for x in ins[m]]) + 1
+            if at < pos[m]:
                 move(m, at)
     for n in nodes:
         if n.target is operator.getitem and n.name in ins and ins[n.name]:
-            at = names.index(ins[n.name][0]) + 1
-            if at < names.index(n.name):
+            at = pos[ins[n.name][0]] + 1
+            if at < pos[n.name]:
                 move(n.name, at)
-    where = {name: i for i, name in enumerate(names)}
-    if any(where[x] > where[name] for name in names for x in ins[name]):  # not expected; the graph's order then
+    if any(pos[x] > pos[name] for name in names for x in ins[name]):  # not expected; the graph's order then
         return [n.name for n in nodes]
     return names
 
@@ -186,7 +188,7 @@ class PiecewiseCall:
             for name in p.outputs:
                 slot[name] = len(slot)
         self.size = len(slot)
-        (result,) = next(n for n in gm.graph.nodes if n.op == "output").args
+        (result,) = gm.graph.output_node().args
         self.results = [(slot[r.name], None) if isinstance(r, torch.fx.Node) else (None, r) for r in result]
         keep = {s for s, _ in self.results if s is not None}
         last: dict[int, int] = {}  # value slot -> the last piece reading it

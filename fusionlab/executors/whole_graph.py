@@ -209,7 +209,7 @@ class InductorGraphExecutor(InductorGroupExecutor):
             if reported is not None:
                 ctx.output_strides = reported
         if reported is not None:  # the strides of the graph's outputs, as one compile would report them
-            (result,) = next(n for n in gm.graph.nodes if n.op == "output").args
+            (result,) = gm.graph.output_node().args
             for r in result:
                 val = r.meta.get("val") if isinstance(r, torch.fx.Node) else None
                 reported.append(strides[r.name] if isinstance(r, torch.fx.Node) and r.name in strides else
