@@ -57,8 +57,9 @@ together, as one library (two side by side where Inductor has two compile worker
 first call of any of them (compiles that run nothing in between share one build); each function stays findable by its own source, so a function built
 once (a group checked in its bundle, then run in the whole graph; a toggle) is loaded from
 the library that holds it, in this process or a later one, and never built again. The code
-and flags are Inductor's; only the packaging differs. ``FUSIONLAB_BATCH_BUILDS=0`` turns it
-off.
+and compile flags are Inductor's; only the packaging differs, and the link, done by GNU gold
+where the machine has it (a third of the default linker's time against libtorch).
+``FUSIONLAB_BATCH_BUILDS=0`` turns batching off, ``FUSIONLAB_GOLD=0`` gold.
 
 Pieces. A graph of more than twice :data:`.pieces.PIECE_OPS` computing ops is compiled as a few
 pieces, cut only where no candidate (selected or not) spans, so the cuts never depend on the
