@@ -278,9 +278,8 @@ def make_backend(plan, *, validate: bool = True, seed: int | None = None, execut
         report.kernels, report.fallbacks, report.loops, report.graphs = [], [], {}, []
         if getattr(executor, "graphs", None) is not None:
             executor.graphs.clear()
-        with _env.gc_paused():
-            for slot in slots:
-                fill(slot)
+        for slot in slots:
+            fill(slot)
 
     mine: dict[int, Slot] = {}  # id(SharedGraph) -> its slot here
 

@@ -142,7 +142,7 @@ def grouped_order(nodes: list[torch.fx.Node], groups) -> list[str]:
             if at < pos[m]:
                 move(m, at)
     for n in nodes:
-        if n.target is operator.getitem and n.name in ins and ins[n.name]:
+        if n.target is operator.getitem and ins[n.name]:
             at = pos[ins[n.name][0]] + 1
             if at < pos[n.name]:
                 move(n.name, at)
